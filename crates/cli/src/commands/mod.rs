@@ -1,0 +1,48 @@
+//! One module per command family; each turns parsed flags into `gaen` calls and output.
+
+mod bench;
+mod export;
+mod keys;
+mod matching;
+
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use gaen::VerifyingKey;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Export(command) => export::run(command),
+        Command::Keys(command) => keys::run(command),
+        Command::Match(args) => matching::run(args),
+        Command::Bench(command) => bench::run(command),
+    }
+}
+
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub(crate) fn load_public_key(path: &Path) -> Result<VerifyingKey> {
+    VerifyingKey::from_pem(&read_text(path)?).with_context(|| format!("{}", path.display()))
+}
+
+/// Writes through a temporary sibling and renames, so readers never see half a file.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".partial");
+    fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Peak resident memory of this process in MiB (Linux), for summaries and benchmarks.
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
