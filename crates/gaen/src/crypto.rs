@@ -1,26 +1,89 @@
 //! The Exposure Notification key schedule: TEK → RPIK → RPIs, TEK → AEMK → AEMs.
 //!
-//! HKDF-SHA256 with an empty salt and a 16-byte output is computed directly with HMAC: the
-//! salt's HMAC state is prepared once, so a key costs two HMACs instead of HKDF's four key
-//! set-ups. AES-CTR over 4 bytes is one AES block, so the AEM needs no stream cipher either.
+//! HKDF-SHA256 with an empty salt and a 16-byte output is computed directly on SHA-256
+//! compression blocks: the salt's HMAC pad states are prepared once, every message fits one
+//! block, so a key costs six compressions (SHA-NI when the CPU has it) and no buffering. AES-CTR
+//! over 4 bytes is one AES block, so the AEM needs no stream cipher either.
 
 use std::sync::LazyLock;
 
 use aes::Aes128;
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, KeyInit};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::key::Tek;
 use crate::time::{INTERVALS_PER_DAY, IntervalNumber};
 
-type HmacSha256 = Hmac<Sha256>;
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
 
-/// HMAC state keyed with HKDF's default salt (32 zero bytes), cloned per key.
-static ZERO_SALT: LazyLock<HmacSha256> = LazyLock::new(|| {
-    <HmacSha256 as Mac>::new_from_slice(&[0u8; 32]).expect("HMAC takes any key length")
-});
+/// SHA-256 states after absorbing an HMAC key's inner and outer pad blocks.
+struct HmacPads {
+    inner: [u32; 8],
+    outer: [u32; 8],
+}
+
+fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
+    sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
+}
+
+impl HmacPads {
+    fn new(key: &[u8; 32]) -> Self {
+        let pad = |byte: u8| {
+            let mut block = [byte; 64];
+            for (b, k) in block.iter_mut().zip(key) {
+                *b ^= k;
+            }
+            let mut state = SHA256_IV;
+            compress(&mut state, &block);
+            state
+        };
+        Self {
+            inner: pad(0x36),
+            outer: pad(0x5c),
+        }
+    }
+
+    /// HMAC-SHA256 of a message shorter than 56 bytes.
+    fn mac(&self, message: &[u8]) -> [u8; 32] {
+        let inner = finish(self.inner, message);
+        finish(self.outer, &inner)
+    }
+}
+
+/// Absorbs the final block (`tail` after one 64-byte pad block) and returns the digest.
+fn finish(mut state: [u32; 8], tail: &[u8]) -> [u8; 32] {
+    debug_assert!(tail.len() < 56, "one-block messages only");
+    let mut block = [0u8; 64];
+    block[..tail.len()].copy_from_slice(tail);
+    block[tail.len()] = 0x80;
+    block[56..].copy_from_slice(&((64 + tail.len() as u64) * 8).to_be_bytes());
+    compress(&mut state, &block);
+    let mut digest = [0u8; 32];
+    for (chunk, word) in digest.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    digest
+}
+
+/// HMAC pads of HKDF's default salt (32 zero bytes).
+static ZERO_SALT: LazyLock<HmacPads> = LazyLock::new(|| HmacPads::new(&[0u8; 32]));
+
+/// HKDF-Extract with the empty salt, returned as HMAC pads of the PRK for expanding.
+fn extract(tek: &Tek) -> HmacPads {
+    HmacPads::new(&ZERO_SALT.mac(tek.as_bytes()))
+}
+
+/// HKDF-Expand for L = 16: the first half of T(1) = HMAC(PRK, info ‖ 0x01).
+fn expand16(prk: &HmacPads, info: &[u8; 7]) -> [u8; 16] {
+    let mut message = [1u8; 8];
+    message[..7].copy_from_slice(info);
+    let t1 = prk.mac(&message);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&t1[..16]);
+    out
+}
 
 /// A Rolling Proximity Identifier, broadcast for one 10-minute interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,29 +111,10 @@ pub struct AemKey {
     cipher: Aes128,
 }
 
-/// HKDF-Extract with the empty salt.
-fn extract(tek: &Tek) -> [u8; 32] {
-    let mut mac = ZERO_SALT.clone();
-    mac.update(tek.as_bytes());
-    mac.finalize().into_bytes().into()
-}
-
-/// HKDF-Expand for L = 16: the first half of T(1) = HMAC(PRK, info ‖ 0x01).
-fn expand16(prk: &[u8; 32], info: &[u8]) -> [u8; 16] {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(prk).expect("HMAC takes any key length");
-    mac.update(info);
-    mac.update(&[1]);
-    let t1 = mac.finalize().into_bytes();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&t1[..16]);
-    out
-}
-
+/// "EN-RPI" ‖ 0x00 × 6 ‖ ENIN (u32 little-endian), built as one 128-bit store.
 fn padded_data(interval: IntervalNumber) -> [u8; 16] {
-    let mut block = [0u8; 16];
-    block[..6].copy_from_slice(b"EN-RPI");
-    block[12..].copy_from_slice(&interval.get().to_le_bytes());
-    block
+    const PREFIX: u128 = u128::from_le_bytes(*b"EN-RPI\0\0\0\0\0\0\0\0\0\0");
+    (PREFIX | (u128::from(interval.get()) << 96)).to_le_bytes()
 }
 
 impl Tek {
@@ -111,36 +155,66 @@ impl RpiKey {
     }
 
     /// The fast path: RPIs of `count` (at most 144) consecutive intervals from `first`,
-    /// encrypted as one batch so AES-NI pipelines them. Intervals past `u32::MAX` are skipped.
+    /// encrypted as one batch so AES-NI pipelines them.
     pub fn rpis(&self, first: IntervalNumber, count: u32) -> RpiBatch {
-        let count = count.min(INTERVALS_PER_DAY).min(u32::MAX - first.get() + 1) as usize;
-        let mut blocks = [GenericArray::default(); INTERVALS_PER_DAY as usize];
-        for (offset, block) in blocks[..count].iter_mut().enumerate() {
+        let mut batch = RpiBatch::new();
+        self.rpis_into(first, count, &mut batch);
+        batch
+    }
+
+    /// [`RpiKey::rpis`] into a reused buffer, for loops over many keys. Intervals past
+    /// `u32::MAX` do not exist and are left out.
+    pub fn rpis_into(&self, first: IntervalNumber, count: u32, batch: &mut RpiBatch) {
+        let remaining = u64::from(u32::MAX) - u64::from(first.get()) + 1;
+        let count = u64::from(count.min(INTERVALS_PER_DAY)).min(remaining) as usize;
+        for (offset, block) in batch.blocks[..count].iter_mut().enumerate() {
             *block = padded_data(IntervalNumber::new(first.get() + offset as u32)).into();
         }
-        self.cipher.encrypt_blocks(&mut blocks[..count]);
-        RpiBatch {
-            first,
-            len: count,
-            blocks,
-        }
+        self.cipher.encrypt_blocks(&mut batch.blocks[..count]);
+        batch.first = first;
+        batch.len = count;
     }
 }
+
+type Block = GenericArray<u8, aes::cipher::consts::U16>;
 
 /// Up to one day of RPIs for consecutive intervals, without heap allocation.
 pub struct RpiBatch {
     first: IntervalNumber,
     len: usize,
-    blocks: [GenericArray<u8, aes::cipher::consts::U16>; INTERVALS_PER_DAY as usize],
+    blocks: [Block; INTERVALS_PER_DAY as usize],
+}
+
+impl Default for RpiBatch {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RpiBatch {
+    pub fn new() -> Self {
+        Self {
+            first: IntervalNumber::new(0),
+            len: 0,
+            blocks: [Block::default(); INTERVALS_PER_DAY as usize],
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The `offset`-th `(interval, rpi)`; panics past [`RpiBatch::len`].
+    pub fn get(&self, offset: usize) -> (IntervalNumber, Rpi) {
+        assert!(offset < self.len, "offset {offset} past {} RPIs", self.len);
+        (
+            IntervalNumber::new(self.first.get() + offset as u32),
+            Rpi(self.blocks[offset].into()),
+        )
     }
 
     /// `(interval, rpi)` pairs in interval order.
@@ -207,6 +281,8 @@ mod tests {
         let key = Tek([1; 16]).rpi_key();
         let batch = key.rpis(IntervalNumber::new(u32::MAX - 9), 144);
         assert_eq!(batch.len(), 10);
+        assert_eq!(key.rpis(IntervalNumber::new(0), 144).len(), 144);
+        assert_eq!(key.rpis(IntervalNumber::new(u32::MAX), 144).len(), 1);
     }
 
     #[test]

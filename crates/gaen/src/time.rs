@@ -56,7 +56,7 @@ impl RollingPeriod {
     pub fn new(intervals: u32) -> Option<Self> {
         (1..=INTERVALS_PER_DAY)
             .contains(&intervals)
-            .then(|| Self(intervals as u8))
+            .then_some(Self(intervals as u8))
     }
 
     pub const fn get(self) -> u32 {

@@ -14,6 +14,7 @@ use aes::Aes128;
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use anyhow::{Result, ensure};
+use gaen::crypto::RpiBatch;
 use gaen::{
     DiagnosisKey, Export, ExportFiles, IntervalNumber, Matcher, Observation, RollingPeriod, Rpi,
     SignatureInfo, Signer, SigningKey, Tek, TransmissionRisk,
@@ -75,9 +76,13 @@ fn raw_aes_blocks_per_second() -> f64 {
 fn derive(count: usize) -> Result<()> {
     ensure!(count > 0, "--keys must be at least 1");
     let keys = random_keys(count);
+    let mut batch = RpiBatch::new();
     let began = Instant::now();
     for key in &keys {
-        black_box(key.tek.rpi_key().rpis(key.rolling_start, 144));
+        key.tek
+            .rpi_key()
+            .rpis_into(key.rolling_start, 144, &mut batch);
+        black_box(&mut batch);
     }
     let per_key = began.elapsed().as_secs_f64() / count as f64;
     let aes = raw_aes_blocks_per_second();
