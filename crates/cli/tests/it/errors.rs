@@ -4,7 +4,7 @@ use std::fs;
 
 use gaen::ExportFiles;
 
-use crate::{confidant, fails, fixture, path_str};
+use crate::{confidant, fails, fixture, path_str, run_match};
 
 fn inspect_error(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -96,14 +96,12 @@ fn malformed_observation_line_is_named_by_number() {
         "# heard\n1611562500,bcfa13032573c63a174c2dbe51457377\n1611562500;bcfa13032573c63a174c2dbe51457377\n",
     )
     .expect("write");
-    let err = fails(confidant(&[
-        "match",
-        "--observations",
-        path_str(&observations),
-        "--public-key",
-        path_str(&fixture("cwa-public-key.pem")),
-        path_str(&fixture("cwa-2021-01-31.zip")),
-    ]));
+    let err = fails(run_match(
+        &observations,
+        &fixture("cwa-public-key.pem"),
+        &fixture("cwa-2021-01-31.zip"),
+        &[],
+    ));
     assert!(
         err.contains("obs.txt: line 3: expected `unix_seconds,hex[,rssi]`, got 1 field(s)"),
         "{err}"

@@ -67,6 +67,20 @@ pub fn fails(output: Output) -> String {
     err
 }
 
+/// `confidant match` over `exports`, with `extra` flags.
+pub fn run_match(observations: &Path, public_key: &Path, exports: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "match",
+        "--observations",
+        path_str(observations),
+        "--public-key",
+        path_str(public_key),
+    ];
+    args.extend_from_slice(extra);
+    args.push(path_str(exports));
+    confidant(&args)
+}
+
 /// A fresh P-256 key pair from `confidant keys generate` in `dir`.
 pub fn generate_keys(dir: &Path) -> (PathBuf, PathBuf) {
     ok(confidant(&[

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::{confidant, fails, fixture, generate_keys, ok, path_str, repo_file, stderr};
+use crate::{confidant, fails, fixture, generate_keys, ok, path_str, repo_file, run_match, stderr};
 
 fn vectors() -> Value {
     serde_json::from_str(&fs::read_to_string(fixture("test_vectors.json")).expect("vectors"))
@@ -75,14 +75,7 @@ fn every_broadcast_of_a_published_key_is_found_with_its_metadata() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (export, public_key) = vector_export(dir.path());
     let observations = derived_observations(dir.path());
-    let output = confidant(&[
-        "match",
-        "--observations",
-        path_str(&observations),
-        "--public-key",
-        path_str(&public_key),
-        path_str(&export),
-    ]);
+    let output = run_match(&observations, &public_key, &export, &[]);
     let err = stderr(&output);
     let out = ok(output);
     let v = vectors();
@@ -132,16 +125,12 @@ fn tolerance_decides_whether_a_late_observation_counts() {
     )
     .expect("write");
     let run = |tolerance: &str| {
-        ok(confidant(&[
-            "match",
-            "--observations",
-            path_str(&observations),
-            "--public-key",
-            path_str(&public_key),
-            "--tolerance-minutes",
-            tolerance,
-            path_str(&export),
-        ]))
+        ok(run_match(
+            &observations,
+            &public_key,
+            &export,
+            &["--tolerance-minutes", tolerance],
+        ))
     };
     assert_eq!(run("120").lines().count(), 0);
     let found = run("180");
@@ -168,14 +157,7 @@ fn folders_are_searched_and_exports_that_do_not_verify_are_skipped() {
     .expect("copy");
 
     let observations = derived_observations(dir.path());
-    let output = confidant(&[
-        "match",
-        "--observations",
-        path_str(&observations),
-        "--public-key",
-        path_str(&public_key),
-        path_str(&exports),
-    ]);
+    let output = run_match(&observations, &public_key, &exports, &[]);
     let err = stderr(&output);
     let out = ok(output);
     assert_eq!(out.lines().count(), 288, "both copies of the export match");
@@ -191,14 +173,12 @@ fn folders_are_searched_and_exports_that_do_not_verify_are_skipped() {
 
 #[test]
 fn readme_demo_finds_the_three_planted_rpis_in_real_german_exports() {
-    let output = confidant(&[
-        "match",
-        "--observations",
-        path_str(&repo_file("examples/observations.txt")),
-        "--public-key",
-        path_str(&fixture("cwa-public-key.pem")),
-        path_str(&fixture("")),
-    ]);
+    let output = run_match(
+        &repo_file("examples/observations.txt"),
+        &fixture("cwa-public-key.pem"),
+        &fixture(""),
+        &[],
+    );
     let err = stderr(&output);
     let out = ok(output);
     assert_eq!(out.lines().count(), 3);
@@ -216,14 +196,12 @@ fn readme_demo_finds_the_three_planted_rpis_in_real_german_exports() {
 fn nothing_verified_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let observations = derived_observations(dir.path());
-    let err = fails(confidant(&[
-        "match",
-        "--observations",
-        path_str(&observations),
-        "--public-key",
-        path_str(&fixture("cwa-public-key.pem")),
-        path_str(&fixture("google-reference-2-keys.zip")),
-    ]));
+    let err = fails(run_match(
+        &observations,
+        &fixture("cwa-public-key.pem"),
+        &fixture("google-reference-2-keys.zip"),
+        &[],
+    ));
     assert!(
         err.contains("none of the 1 export file(s) verified"),
         "{err}"
