@@ -1,0 +1,508 @@
+//! The decisions: given a request, the state it touches and the time, which event happens, or
+//! which error says why not. Validation of uploaded keys follows COVID Shield's order, so both
+//! API surfaces report the same first problem.
+
+use std::collections::BTreeSet;
+
+use crate::codes::{CodeFormat, CodePolicy};
+use crate::event::Event;
+use crate::ids::{ClaimId, Digest, KeyData, ProviderId, TrackingId};
+use crate::state::{Claim, Code, Credential, Provider, StoredKey};
+use crate::{UnixSeconds, hour_of};
+
+/// New keys one claim may upload over its life: 15 on the first day plus 2 × 14 follow-ups.
+pub const KEY_BUDGET: u32 = 43;
+/// Keys in one upload request.
+pub const MAX_KEYS_PER_REQUEST: usize = 28;
+/// How long a redeemed code's upload authorisation lives.
+pub const CLAIM_LIFETIME_SECONDS: u64 = 15 * 86_400;
+/// Keys that stopped being broadcast longer ago than this are dropped on upload.
+pub const KEY_RETENTION_DAYS: u32 = 14;
+/// The shortest custom code lifetime a provider may ask for.
+pub const MIN_CODE_TTL_SECONDS: u64 = 60;
+const INTERVALS_PER_DAY: u32 = 144;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("the provider token is not valid")]
+    UnknownProvider,
+    #[error("the provider is suspended and can neither issue codes nor accept reports")]
+    ProviderSuspended,
+    #[error("ttlSeconds must be between {min} and {max} for {format} codes, got {got}")]
+    TtlOutOfRange {
+        format: &'static str,
+        min: u64,
+        max: u64,
+        got: u64,
+    },
+    /// Unknown, expired, already redeemed, or issued by a suspended provider: one answer for
+    /// all, so the error is no oracle.
+    #[error("the code is not valid: it may be mistyped, expired or already used")]
+    InvalidCode,
+    #[error("the upload authorisation is unknown or has expired")]
+    InvalidClaim,
+    #[error("the app key does not match the one registered when the code was claimed")]
+    AppKeyMismatch,
+    #[error("the request contains no keys")]
+    NoKeys,
+    #[error("at most {MAX_KEYS_PER_REQUEST} keys per request, got {0}")]
+    TooManyKeysInRequest(usize),
+    #[error("key #{index}: {problem}")]
+    InvalidKey { index: usize, problem: KeyProblem },
+    #[error("the keys span more than 15 days")]
+    KeysSpanTooLong,
+    #[error("key #{index} starts in the future (interval {rolling_start}, now {now})")]
+    KeyFromFuture {
+        index: usize,
+        rolling_start: u32,
+        now: u32,
+    },
+    #[error(
+        "this authorisation may upload {remaining} more new key(s); the request has {requested}"
+    )]
+    KeyBudgetExceeded { remaining: u32, requested: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("rolling_period must be between 1 and 144")]
+    RollingPeriod,
+    #[error("key_data must be 16 bytes")]
+    KeyData,
+    #[error("rolling_start_interval_number must be a positive interval number")]
+    RollingStart,
+    #[error("transmission_risk_level must be between 0 and 8")]
+    TransmissionRisk,
+}
+
+/// A key as an app sent it, before validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawKey {
+    pub key_data: Vec<u8>,
+    pub rolling_start: i64,
+    /// `None` means the protobuf default, a full day.
+    pub rolling_period: Option<i64>,
+    pub transmission_risk: Option<i64>,
+}
+
+/// What an accepted submission did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubmissionOutcome {
+    pub tracking_id: TrackingId,
+    pub inserted: u32,
+    pub skipped: u32,
+    pub dropped: u32,
+}
+
+pub fn issue_code(
+    provider_id: ProviderId,
+    provider: &Provider,
+    format: CodeFormat,
+    ttl_seconds: Option<u64>,
+    policy: &CodePolicy,
+    now: UnixSeconds,
+    code_hash: Digest,
+) -> Result<Event, DomainError> {
+    if provider.suspended {
+        return Err(DomainError::ProviderSuspended);
+    }
+    let max = policy.ttl(format);
+    let ttl = ttl_seconds.unwrap_or(max);
+    if !(MIN_CODE_TTL_SECONDS..=max).contains(&ttl) {
+        return Err(DomainError::TtlOutOfRange {
+            format: format.name(),
+            min: MIN_CODE_TTL_SECONDS,
+            max,
+            got: ttl,
+        });
+    }
+    Ok(Event::CodeIssued {
+        code_hash,
+        provider: provider_id,
+        format,
+        expires_at: now + ttl,
+    })
+}
+
+/// Redeems a code into an upload authorisation carrying `credential`.
+pub fn redeem_code(
+    code_hash: Digest,
+    code: Option<&Code>,
+    provider: Option<&Provider>,
+    now: UnixSeconds,
+    claim: ClaimId,
+    credential: Credential,
+) -> Result<Event, DomainError> {
+    let code = code
+        .filter(|c| !c.redeemed && now < c.expires_at)
+        .ok_or(DomainError::InvalidCode)?;
+    let provider = provider
+        .filter(|p| !p.suspended)
+        .ok_or(DomainError::InvalidCode)?;
+    Ok(Event::CodeRedeemed {
+        code_hash,
+        claim,
+        provider: code.provider,
+        region: provider.region.clone(),
+        expires_at: now + CLAIM_LIFETIME_SECONDS,
+        key_budget: KEY_BUDGET,
+        credential,
+    })
+}
+
+fn validate_key(raw: &RawKey) -> Result<StoredKey, KeyProblem> {
+    let rolling_period = raw.rolling_period.unwrap_or(i64::from(INTERVALS_PER_DAY));
+    if !(1..=i64::from(INTERVALS_PER_DAY)).contains(&rolling_period) {
+        return Err(KeyProblem::RollingPeriod);
+    }
+    let key_data = KeyData(
+        raw.key_data
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyProblem::KeyData)?,
+    );
+    let rolling_start = u32::try_from(raw.rolling_start)
+        .ok()
+        .filter(|r| *r > 0 && *r <= i32::MAX as u32)
+        .ok_or(KeyProblem::RollingStart)?;
+    let transmission_risk = u8::try_from(raw.transmission_risk.unwrap_or(0))
+        .ok()
+        .filter(|t| *t <= 8)
+        .ok_or(KeyProblem::TransmissionRisk)?;
+    Ok(StoredKey {
+        key_data,
+        rolling_start,
+        rolling_period: rolling_period as u32,
+        transmission_risk,
+    })
+}
+
+/// Stateless checks of an upload, in COVID Shield's order: count, each key, span, then our
+/// addition, keys from the future.
+pub fn validate_keys(raw: &[RawKey], now: UnixSeconds) -> Result<Vec<StoredKey>, DomainError> {
+    if raw.is_empty() {
+        return Err(DomainError::NoKeys);
+    }
+    if raw.len() > MAX_KEYS_PER_REQUEST {
+        return Err(DomainError::TooManyKeysInRequest(raw.len()));
+    }
+    let keys = raw
+        .iter()
+        .enumerate()
+        .map(|(index, key)| {
+            validate_key(key).map_err(|problem| DomainError::InvalidKey { index, problem })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = keys.iter().map(|k| k.rolling_start).min().unwrap_or(0);
+    let last = keys.iter().map(|k| k.rolling_start).max().unwrap_or(0);
+    if u64::from(last) + u64::from(INTERVALS_PER_DAY) - u64::from(first)
+        > u64::from(INTERVALS_PER_DAY) * 15
+    {
+        return Err(DomainError::KeysSpanTooLong);
+    }
+    let now_interval = (now / 600) as u32;
+    if let Some((index, key)) = keys
+        .iter()
+        .enumerate()
+        .find(|(_, k)| k.rolling_start > now_interval)
+    {
+        return Err(DomainError::KeyFromFuture {
+            index,
+            rolling_start: key.rolling_start,
+            now: now_interval,
+        });
+    }
+    Ok(keys)
+}
+
+/// Accepts validated keys under a claim: drops keys past retention, skips keys already stored
+/// (or repeated), and spends the claim's budget on the rest, all or nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn submit(
+    claim_id: ClaimId,
+    claim: Option<&Claim>,
+    provider: Option<&Provider>,
+    keys: Vec<StoredKey>,
+    is_stored: impl Fn(&KeyData) -> bool,
+    now: UnixSeconds,
+    tracking_id: TrackingId,
+) -> Result<(Event, SubmissionOutcome), DomainError> {
+    let claim = claim
+        .filter(|c| now < c.expires_at)
+        .ok_or(DomainError::InvalidClaim)?;
+    if provider.is_none_or(|p| p.suspended) {
+        return Err(DomainError::ProviderSuspended);
+    }
+    let oldest_kept = ((now / 600) as u32).saturating_sub(KEY_RETENTION_DAYS * INTERVALS_PER_DAY);
+    let mut dropped = 0;
+    let mut skipped = 0;
+    let mut seen = BTreeSet::new();
+    let mut new_keys = Vec::with_capacity(keys.len());
+    for key in keys {
+        if key.rolling_start + key.rolling_period <= oldest_kept {
+            dropped += 1;
+        } else if is_stored(&key.key_data) || !seen.insert(key.key_data) {
+            skipped += 1;
+        } else {
+            new_keys.push(key);
+        }
+    }
+    let requested = new_keys.len() as u32;
+    if requested > claim.budget_remaining {
+        return Err(DomainError::KeyBudgetExceeded {
+            remaining: claim.budget_remaining,
+            requested,
+        });
+    }
+    let outcome = SubmissionOutcome {
+        tracking_id,
+        inserted: requested,
+        skipped,
+        dropped,
+    };
+    Ok((
+        Event::KeysSubmitted {
+            submission: tracking_id,
+            claim: claim_id,
+            provider: claim.provider,
+            region: claim.region.clone(),
+            hour: hour_of(now),
+            keys: new_keys,
+            skipped,
+            dropped,
+        },
+        outcome,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Region;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn raw(byte: u8, days_ago: u32) -> RawKey {
+        let today = (NOW / 600) as u32 / 144 * 144;
+        RawKey {
+            key_data: vec![byte; 16],
+            rolling_start: i64::from(today - days_ago * 144),
+            rolling_period: Some(144),
+            transmission_risk: Some(4),
+        }
+    }
+
+    fn claim(budget: u32) -> Claim {
+        Claim {
+            provider: ProviderId([1; 8]),
+            region: Region::try_from("DE".to_owned()).expect("region"),
+            expires_at: NOW + 10,
+            budget_remaining: budget,
+            credential: Credential::UploadToken {
+                token_hash: Digest([0; 32]),
+            },
+        }
+    }
+
+    fn provider() -> Provider {
+        Provider {
+            name: "Lab".into(),
+            region: Region::try_from("DE".to_owned()).expect("region"),
+            token_hash: Digest([2; 32]),
+            suspended: false,
+        }
+    }
+
+    #[test]
+    fn validation_order_and_limits() {
+        assert_eq!(validate_keys(&[], NOW), Err(DomainError::NoKeys));
+        let many: Vec<RawKey> = (0..29).map(|i| raw(i, 0)).collect();
+        assert_eq!(
+            validate_keys(&many, NOW),
+            Err(DomainError::TooManyKeysInRequest(29))
+        );
+        let mut bad = raw(1, 0);
+        bad.rolling_period = Some(0);
+        bad.key_data = vec![1; 15];
+        // Rolling period is checked before key data, as COVID Shield does.
+        assert_eq!(
+            validate_keys(&[raw(2, 0), bad], NOW),
+            Err(DomainError::InvalidKey {
+                index: 1,
+                problem: KeyProblem::RollingPeriod
+            })
+        );
+        assert_eq!(
+            validate_keys(&[raw(1, 0), raw(2, 15)], NOW),
+            Err(DomainError::KeysSpanTooLong)
+        );
+        assert!(validate_keys(&[raw(1, 0), raw(2, 14)], NOW).is_ok());
+        let mut future = raw(3, 0);
+        future.rolling_start += 144;
+        assert!(matches!(
+            validate_keys(&[future], NOW),
+            Err(DomainError::KeyFromFuture { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn budget_is_spent_only_on_new_keys() {
+        let keys =
+            validate_keys(&[raw(1, 0), raw(2, 1), raw(2, 1), raw(3, 2)], NOW).expect("valid");
+        let stored = |k: &KeyData| k.0[0] == 3;
+        let (_, outcome) = submit(
+            ClaimId([1; 16]),
+            Some(&claim(2)),
+            Some(&provider()),
+            keys.clone(),
+            stored,
+            NOW,
+            TrackingId([9; 16]),
+        )
+        .expect("fits the budget");
+        assert_eq!(
+            (outcome.inserted, outcome.skipped, outcome.dropped),
+            (2, 2, 0)
+        );
+        assert_eq!(
+            submit(
+                ClaimId([1; 16]),
+                Some(&claim(1)),
+                Some(&provider()),
+                keys,
+                stored,
+                NOW,
+                TrackingId([9; 16])
+            )
+            .map(|(_, o)| o),
+            Err(DomainError::KeyBudgetExceeded {
+                remaining: 1,
+                requested: 2
+            })
+        );
+    }
+
+    #[test]
+    fn old_keys_are_dropped_and_expired_claims_refused() {
+        let old = StoredKey {
+            key_data: KeyData([5; 16]),
+            rolling_start: (NOW / 600) as u32 - 15 * 144,
+            rolling_period: 144,
+            transmission_risk: 1,
+        };
+        let (_, outcome) = submit(
+            ClaimId([1; 16]),
+            Some(&claim(43)),
+            Some(&provider()),
+            vec![old],
+            |_| false,
+            NOW,
+            TrackingId([1; 16]),
+        )
+        .expect("accepted");
+        assert_eq!((outcome.inserted, outcome.dropped), (0, 1));
+        let mut expired = claim(43);
+        expired.expires_at = NOW;
+        assert_eq!(
+            submit(
+                ClaimId([1; 16]),
+                Some(&expired),
+                Some(&provider()),
+                vec![],
+                |_| false,
+                NOW,
+                TrackingId([1; 16])
+            )
+            .map(|_| ()),
+            Err(DomainError::InvalidClaim)
+        );
+    }
+
+    #[test]
+    fn codes_expire_are_single_use_and_die_with_their_provider() {
+        let policy = CodePolicy::default();
+        let Event::CodeIssued {
+            expires_at,
+            provider: issuer,
+            format,
+            ..
+        } = issue_code(
+            ProviderId([1; 8]),
+            &provider(),
+            CodeFormat::Short,
+            None,
+            &policy,
+            NOW,
+            Digest([3; 32]),
+        )
+        .expect("issued")
+        else {
+            panic!("not a CodeIssued event");
+        };
+        assert_eq!(expires_at, NOW + 600);
+        let code = Code {
+            provider: issuer,
+            format,
+            expires_at,
+            redeemed: false,
+        };
+        let credential = Credential::UploadToken {
+            token_hash: Digest([4; 32]),
+        };
+        let redeem = |code: &Code, provider: &Provider, at: u64| {
+            redeem_code(
+                Digest([3; 32]),
+                Some(code),
+                Some(provider),
+                at,
+                ClaimId([2; 16]),
+                credential.clone(),
+            )
+        };
+        assert!(redeem(&code, &provider(), NOW + 599).is_ok());
+        assert_eq!(
+            redeem(&code, &provider(), NOW + 600),
+            Err(DomainError::InvalidCode)
+        );
+        let used = Code {
+            redeemed: true,
+            ..code.clone()
+        };
+        assert_eq!(
+            redeem(&used, &provider(), NOW),
+            Err(DomainError::InvalidCode)
+        );
+        let suspended = Provider {
+            suspended: true,
+            ..provider()
+        };
+        assert_eq!(
+            redeem(&code, &suspended, NOW),
+            Err(DomainError::InvalidCode)
+        );
+        assert_eq!(
+            issue_code(
+                ProviderId([1; 8]),
+                &suspended,
+                CodeFormat::Short,
+                None,
+                &policy,
+                NOW,
+                Digest([3; 32])
+            ),
+            Err(DomainError::ProviderSuspended)
+        );
+        assert!(matches!(
+            issue_code(
+                ProviderId([1; 8]),
+                &provider(),
+                CodeFormat::Short,
+                Some(601),
+                &policy,
+                NOW,
+                Digest([3; 32])
+            ),
+            Err(DomainError::TtlOutOfRange { max: 600, .. })
+        ));
+    }
+}

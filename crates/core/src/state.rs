@@ -1,0 +1,202 @@
+//! The state every projection holds, and the one function that changes it: [`State::apply`].
+//!
+//! Invariant: state = fold(apply, events). The stores keep the same records as tables and
+//! update them from the same events; `confidant check` compares the two.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::UnixSeconds;
+use crate::codes::CodeFormat;
+use crate::event::Event;
+use crate::ids::{ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provider {
+    pub name: String,
+    pub region: Region,
+    pub token_hash: Digest,
+    /// Suspended providers issue no codes; their unredeemed codes and claims stop working.
+    pub suspended: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Code {
+    pub provider: ProviderId,
+    pub format: CodeFormat,
+    pub expires_at: UnixSeconds,
+    pub redeemed: bool,
+}
+
+/// How the holder of a claim proves it at upload time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Credential {
+    /// Native API: a bearer token, stored as its keyed hash.
+    UploadToken { token_hash: Digest },
+    /// COVID Shield: uploads are NaCl boxes from the app key to the per-claim server key.
+    CovidShield {
+        app_public_key: Key32,
+        server_public_key: Key32,
+        server_secret_key: Key32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub provider: ProviderId,
+    pub region: Region,
+    pub expires_at: UnixSeconds,
+    /// New keys this claim may still upload.
+    pub budget_remaining: u32,
+    pub credential: Credential,
+}
+
+/// A key as stored and later published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub key_data: KeyData,
+    pub rolling_start: u32,
+    pub rolling_period: u32,
+    pub transmission_risk: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    pub claim: ClaimId,
+    pub provider: ProviderId,
+    pub region: Region,
+    /// Unix hours.
+    pub hour: u64,
+    pub inserted: u32,
+    pub skipped: u32,
+    pub dropped: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key: StoredKey,
+    pub submission: TrackingId,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub providers: BTreeMap<ProviderId, Provider>,
+    pub codes: BTreeMap<Digest, Code>,
+    pub claims: BTreeMap<ClaimId, Claim>,
+    pub submissions: BTreeMap<TrackingId, Submission>,
+    pub keys: BTreeMap<KeyData, KeyRecord>,
+}
+
+impl State {
+    /// Folds one event in. Total: an event naming something unknown (which the rules never
+    /// produce) changes nothing rather than failing a replay.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::ProviderRegistered {
+                provider,
+                name,
+                region,
+                token_hash,
+            } => {
+                self.providers.insert(
+                    *provider,
+                    Provider {
+                        name: name.clone(),
+                        region: region.clone(),
+                        token_hash: *token_hash,
+                        suspended: false,
+                    },
+                );
+            }
+            Event::ProviderSuspended { provider } | Event::ProviderReinstated { provider } => {
+                if let Some(p) = self.providers.get_mut(provider) {
+                    p.suspended = matches!(event, Event::ProviderSuspended { .. });
+                }
+            }
+            Event::CodeIssued {
+                code_hash,
+                provider,
+                format,
+                expires_at,
+            } => {
+                self.codes.insert(
+                    *code_hash,
+                    Code {
+                        provider: *provider,
+                        format: *format,
+                        expires_at: *expires_at,
+                        redeemed: false,
+                    },
+                );
+            }
+            Event::CodeRedeemed {
+                code_hash,
+                claim,
+                provider,
+                region,
+                expires_at,
+                key_budget,
+                credential,
+            } => {
+                if let Some(code) = self.codes.get_mut(code_hash) {
+                    code.redeemed = true;
+                }
+                self.claims.insert(
+                    *claim,
+                    Claim {
+                        provider: *provider,
+                        region: region.clone(),
+                        expires_at: *expires_at,
+                        budget_remaining: *key_budget,
+                        credential: credential.clone(),
+                    },
+                );
+            }
+            Event::KeysSubmitted {
+                submission,
+                claim,
+                provider,
+                region,
+                hour,
+                keys,
+                skipped,
+                dropped,
+            } => {
+                if let Some(c) = self.claims.get_mut(claim) {
+                    c.budget_remaining = c.budget_remaining.saturating_sub(keys.len() as u32);
+                }
+                self.submissions.insert(
+                    *submission,
+                    Submission {
+                        claim: *claim,
+                        provider: *provider,
+                        region: region.clone(),
+                        hour: *hour,
+                        inserted: keys.len() as u32,
+                        skipped: *skipped,
+                        dropped: *dropped,
+                    },
+                );
+                for key in keys {
+                    self.keys.insert(
+                        key.key_data,
+                        KeyRecord {
+                            key: *key,
+                            submission: *submission,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut state = Self::default();
+        for event in events {
+            state.apply(event);
+        }
+        state
+    }
+}
