@@ -1,1 +1,420 @@
-//! placeholder
+//! Durable storage: the event log and its projections, on SQLite (embedded default) or
+//! PostgreSQL (scale-out), behind one [`Store`].
+//!
+//! Every change is a `core` event appended to the `events` table, with the projections updated
+//! in the same transaction by the single [`writer`]. Reads go straight to the projections.
+//! `rebuild` replays the log into empty projections; `check` compares a replay with them.
+
+mod db;
+mod projection;
+mod schema;
+pub mod testing;
+mod writer;
+
+use std::sync::{Arc, Mutex};
+
+use confidant_core::state::StoredKey;
+use confidant_core::{
+    Claim, ClaimId, CodeFormat, CodePolicy, Credential, Digest, DomainError, Event,
+    EventDecodeError, Key32, Provider, ProviderId, Region, State, Submission, SubmissionOutcome,
+    TrackingId, UnixSeconds,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use db::Dialect;
+use db::{Conn, Pool};
+use projection::{CLAIM_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS};
+pub use writer::{ClaimLookup, Written};
+use writer::{Job, Write};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The database could not be reached or refused the transaction; nothing was stored.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("event #{seq} in the log cannot be read: {source}")]
+    CorruptLog { seq: i64, source: EventDecodeError },
+    #[error("a provider with this id or token already exists")]
+    Conflict,
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            _ => Self::Unavailable(error.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Requests committed together at most; 1 disables group commit.
+    pub max_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { max_batch: 256 }
+    }
+}
+
+/// A handle to the store; clones share the pool and the writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The result of comparing the live projections with a replay of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub events: u64,
+    /// Per table: (name, rows in the projection, rows in the replay, rows that differ).
+    pub tables: Vec<(&'static str, usize, usize, usize)>,
+}
+
+impl CheckReport {
+    pub fn consistent(&self) -> bool {
+        self.tables
+            .iter()
+            .all(|(_, live, replayed, differ)| live == replayed && *differ == 0)
+    }
+}
+
+pub(crate) async fn read_events(
+    conn: &mut Conn,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, Event)>, StoreError> {
+    let rows = conn
+        .fetch_all(
+            "SELECT seq, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[after.into(), limit.into()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let seq = row.int(0)?;
+            let event = Event::decode(&row.text(1)?)
+                .map_err(|source| StoreError::CorruptLog { seq, source })?;
+            Ok((seq, event))
+        })
+        .collect()
+}
+
+fn diff<K: Ord, V: PartialEq>(
+    name: &'static str,
+    live: &std::collections::BTreeMap<K, V>,
+    replayed: &std::collections::BTreeMap<K, V>,
+) -> (&'static str, usize, usize, usize) {
+    let differ = live
+        .iter()
+        .filter(|(k, v)| replayed.get(k) != Some(v))
+        .count()
+        + replayed.keys().filter(|k| !live.contains_key(k)).count();
+    (name, live.len(), replayed.len(), differ)
+}
+
+impl Store {
+    /// Opens (and creates or migrates) the store at `url`: `sqlite://PATH` or `postgres://…`.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let pool = Pool::connect(url).await?;
+        schema::migrate(&mut pool.acquire().await?).await?;
+        let (sender, receiver) = mpsc::channel(4096);
+        let task = tokio::spawn(writer::run(
+            pool.clone(),
+            receiver,
+            options.max_batch.max(1),
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                writer: Mutex::new(Some(sender)),
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.inner.pool.dialect()
+    }
+
+    /// Stops taking writes, lets queued ones commit, and closes the database.
+    pub async fn close(&self) {
+        self.inner.writer.lock().expect("writer lock").take();
+        let task = self.inner.task.lock().expect("task lock").take();
+        if let Some(task) = task {
+            task.await.ok();
+        }
+        self.inner.pool.close().await;
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let sender = self
+            .inner
+            .writer
+            .lock()
+            .expect("writer lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read(&self) -> Result<Conn, StoreError> {
+        Ok(self.inner.pool.acquire().await?)
+    }
+
+    pub async fn register_provider(
+        &self,
+        provider: ProviderId,
+        name: String,
+        region: Region,
+        token_hash: Digest,
+    ) -> Result<(), StoreError> {
+        self.write(Write::RegisterProvider {
+            provider,
+            name,
+            region,
+            token_hash,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Suspends or reinstates; `Ok(false)` when nothing changed.
+    pub async fn set_suspended(
+        &self,
+        provider: ProviderId,
+        suspended: bool,
+    ) -> Result<bool, StoreError> {
+        match self
+            .write(Write::SetSuspended {
+                provider,
+                suspended,
+            })
+            .await?
+        {
+            Written::SuspensionChanged(changed) => Ok(changed),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// Issues a code for the provider holding `token_hash`; returns the provider, its region
+    /// and the expiry.
+    pub async fn issue_code(
+        &self,
+        token_hash: Digest,
+        format: CodeFormat,
+        ttl_seconds: Option<u64>,
+        policy: CodePolicy,
+        code_hash: Digest,
+        now: UnixSeconds,
+    ) -> Result<(ProviderId, Region, UnixSeconds), StoreError> {
+        match self
+            .write(Write::IssueCode {
+                token_hash,
+                format,
+                ttl_seconds,
+                policy,
+                code_hash,
+                now,
+            })
+            .await?
+        {
+            Written::CodeIssued {
+                provider,
+                region,
+                expires_at,
+            } => Ok((provider, region, expires_at)),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// Redeems a code; returns the claim's expiry and key budget.
+    pub async fn redeem_code(
+        &self,
+        code_hash: Digest,
+        claim: ClaimId,
+        credential: Credential,
+        now: UnixSeconds,
+    ) -> Result<(UnixSeconds, u32), StoreError> {
+        match self
+            .write(Write::Redeem {
+                code_hash,
+                claim,
+                credential,
+                now,
+            })
+            .await?
+        {
+            Written::Redeemed {
+                expires_at,
+                key_budget,
+                ..
+            } => Ok((expires_at, key_budget)),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn submit(
+        &self,
+        lookup: ClaimLookup,
+        keys: Vec<StoredKey>,
+        tracking_id: TrackingId,
+        now: UnixSeconds,
+    ) -> Result<SubmissionOutcome, StoreError> {
+        match self
+            .write(Write::Submit {
+                lookup,
+                keys,
+                tracking_id,
+                now,
+            })
+            .await?
+        {
+            Written::Submitted(outcome) => Ok(outcome),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// Empties the projections and replays the whole log into them; returns the event count.
+    pub async fn rebuild(&self) -> Result<u64, StoreError> {
+        match self.write(Write::Rebuild).await? {
+            Written::Rebuilt { events } => Ok(events),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn provider_by_token(
+        &self,
+        token_hash: Digest,
+    ) -> Result<Option<(ProviderId, Provider)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers WHERE token_hash = $1");
+        Ok(
+            match conn.fetch_optional(&sql, &[token_hash.0.into()]).await? {
+                Some(row) => Some((
+                    ProviderId(row.array(0)?),
+                    projection::provider_from_row(&row, 1)?,
+                )),
+                None => None,
+            },
+        )
+    }
+
+    pub async fn providers(&self) -> Result<Vec<(ProviderId, Provider)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers ORDER BY name, id");
+        conn.fetch_all(&sql, &[])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    ProviderId(row.array(0)?),
+                    projection::provider_from_row(row, 1)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The COVID Shield claim that owns a server key, for decrypting its uploads.
+    pub async fn claim_by_server_key(
+        &self,
+        server_public_key: Key32,
+    ) -> Result<Option<(ClaimId, Claim)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT id, {CLAIM_COLUMNS} FROM claims WHERE server_public_key = $1");
+        Ok(
+            match conn
+                .fetch_optional(&sql, &[server_public_key.0.into()])
+                .await?
+            {
+                Some(row) => Some((ClaimId(row.array(0)?), projection::claim_from_row(&row, 1)?)),
+                None => None,
+            },
+        )
+    }
+
+    pub async fn submission(&self, id: TrackingId) -> Result<Option<Submission>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1");
+        Ok(match conn.fetch_optional(&sql, &[id.0.into()]).await? {
+            Some(row) => Some(projection::submission_from_row(&row, 0)?),
+            None => None,
+        })
+    }
+
+    /// Every event in log order.
+    pub async fn events(&self) -> Result<Vec<Event>, StoreError> {
+        let mut conn = self.read().await?;
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = read_events(&mut conn, after, 1000).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = *last;
+            events.extend(page.into_iter().map(|(_, e)| e));
+        }
+        Ok(events)
+    }
+
+    /// The live projections, as a `State`.
+    pub async fn projected_state(&self) -> Result<State, StoreError> {
+        Ok(projection::load_state(&mut self.read().await?).await?)
+    }
+
+    /// Replays the log into a scratch state and compares it with the live projections, both
+    /// read from one snapshot.
+    pub async fn check(&self) -> Result<CheckReport, StoreError> {
+        let mut conn = self.read().await?;
+        let begin = match conn.dialect() {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        conn.execute_script(begin).await?;
+        let result = async {
+            let live = projection::load_state(&mut conn).await?;
+            let mut replayed = State::default();
+            let mut events = 0u64;
+            let mut after = 0;
+            loop {
+                let page = read_events(&mut conn, after, 1000).await?;
+                let Some((last, _)) = page.last() else { break };
+                after = *last;
+                for (_, event) in &page {
+                    replayed.apply(event);
+                    events += 1;
+                }
+            }
+            Ok::<_, StoreError>(CheckReport {
+                events,
+                tables: vec![
+                    diff("providers", &live.providers, &replayed.providers),
+                    diff("codes", &live.codes, &replayed.codes),
+                    diff("claims", &live.claims, &replayed.claims),
+                    diff("submissions", &live.submissions, &replayed.submissions),
+                    diff("keys", &live.keys, &replayed.keys),
+                ],
+            })
+        }
+        .await;
+        conn.rollback().await.ok();
+        result
+    }
+}

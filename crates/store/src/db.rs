@@ -1,0 +1,306 @@
+//! The two database backends behind one small surface: run SQL with typed parameters, read
+//! typed columns. Store logic is written once against it.
+//!
+//! SQL is written in PostgreSQL's `$1` style; for SQLite it is rewritten to `?1`, which SQLite
+//! reads as the same numbered parameter. Where the dialects differ, [`Dialect`] says how.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Executor, PgPool, Postgres, Row as _, Sqlite, SqlitePool};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Row lock for read-modify-write inside a transaction (SQLite locks the whole database
+    /// with `BEGIN IMMEDIATE` instead).
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+
+    fn begin(self) -> &'static str {
+        match self {
+            // Take the write lock up front, so two processes never deadlock upgrading a read.
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+}
+
+/// A query parameter.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// A nullable bytes column; typed so PostgreSQL accepts a NULL.
+    OptBytes(Option<Vec<u8>>),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Self::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<u32> for Value {
+    fn from(v: u32) -> Self {
+        Self::Int(i64::from(v))
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Self::Int(i64::from(v))
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Self::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Self::Text(v)
+    }
+}
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Self::Bytes(v.to_vec())
+    }
+}
+impl<const N: usize> From<[u8; N]> for Value {
+    fn from(v: [u8; N]) -> Self {
+        Self::Bytes(v.to_vec())
+    }
+}
+impl<const N: usize> From<Option<[u8; N]>> for Value {
+    fn from(v: Option<[u8; N]>) -> Self {
+        Self::OptBytes(v.map(|b| b.to_vec()))
+    }
+}
+
+/// A result row of either backend.
+pub enum Row {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+impl Row {
+    pub fn int(&self, index: usize) -> Result<i64, sqlx::Error> {
+        match self {
+            Self::Sqlite(row) => row.try_get(index),
+            Self::Postgres(row) => row.try_get(index),
+        }
+    }
+
+    pub fn text(&self, index: usize) -> Result<String, sqlx::Error> {
+        match self {
+            Self::Sqlite(row) => row.try_get(index),
+            Self::Postgres(row) => row.try_get(index),
+        }
+    }
+
+    pub fn opt_bytes(&self, index: usize) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        match self {
+            Self::Sqlite(row) => row.try_get(index),
+            Self::Postgres(row) => row.try_get(index),
+        }
+    }
+
+    /// A fixed-size bytes column; a wrong length is a decoding error.
+    pub fn array<const N: usize>(&self, index: usize) -> Result<[u8; N], sqlx::Error> {
+        self.opt_array(index)?
+            .ok_or_else(|| sqlx::Error::Decode(format!("column {index} is NULL").into()))
+    }
+
+    pub fn opt_array<const N: usize>(&self, index: usize) -> Result<Option<[u8; N]>, sqlx::Error> {
+        self.opt_bytes(index)?
+            .map(|bytes| {
+                <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| {
+                    sqlx::Error::Decode(
+                        format!("column {index} holds {} bytes, not {N}", bytes.len()).into(),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+#[derive(Clone)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// One connection taken from the pool.
+pub enum Conn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// `$1` → `?1`. Our SQL has no `$` inside string literals.
+fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+macro_rules! bind_all {
+    ($query:expr, $params:expr) => {{
+        let mut query = $query;
+        for param in $params {
+            query = match param {
+                Value::Int(v) => query.bind(*v),
+                Value::Text(v) => query.bind(v.as_str()),
+                Value::Bytes(v) => query.bind(v.as_slice()),
+                Value::OptBytes(v) => query.bind(v.as_deref()),
+            };
+        }
+        query
+    }};
+}
+
+impl Pool {
+    /// `sqlite://PATH` (created if missing; WAL, synchronous=FULL) or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            Ok(Self::Postgres(pool))
+        } else {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit is on stable storage before it returns, even on power loss.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            Ok(Self::Sqlite(pool))
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::Sqlite(_) => Dialect::Sqlite,
+            Self::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
+        Ok(match self {
+            Self::Sqlite(pool) => Conn::Sqlite(pool.acquire().await?),
+            Self::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
+        })
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+impl Conn {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::Sqlite(_) => Dialect::Sqlite,
+            Self::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs statements without parameters, e.g. a schema script.
+    pub async fn execute_script(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(conn) => conn.execute(sql).await.map(drop),
+            Self::Postgres(conn) => conn.execute(sql).await.map(drop),
+        }
+    }
+
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Sqlite(conn) => {
+                let sql = sqlite_sql(sql);
+                let query = bind_all!(sqlx::query(&sql), params);
+                Ok(query.execute(&mut **conn).await?.rows_affected())
+            }
+            Self::Postgres(conn) => {
+                let query = bind_all!(sqlx::query(sql), params);
+                Ok(query.execute(&mut **conn).await?.rows_affected())
+            }
+        }
+    }
+
+    pub async fn fetch_all(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        match self {
+            Self::Sqlite(conn) => {
+                let sql = sqlite_sql(sql);
+                let query = bind_all!(sqlx::query(&sql), params);
+                Ok(query
+                    .fetch_all(&mut **conn)
+                    .await?
+                    .into_iter()
+                    .map(Row::Sqlite)
+                    .collect())
+            }
+            Self::Postgres(conn) => {
+                let query = bind_all!(sqlx::query(sql), params);
+                Ok(query
+                    .fetch_all(&mut **conn)
+                    .await?
+                    .into_iter()
+                    .map(Row::Postgres)
+                    .collect())
+            }
+        }
+    }
+
+    pub async fn fetch_optional(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<Row>, sqlx::Error> {
+        Ok(self.fetch_all(sql, params).await?.into_iter().next())
+    }
+
+    pub async fn begin(&mut self) -> Result<(), sqlx::Error> {
+        let begin = self.dialect().begin();
+        self.execute_script(begin).await
+    }
+
+    pub async fn commit(&mut self) -> Result<(), sqlx::Error> {
+        self.execute_script("COMMIT").await
+    }
+
+    /// Best effort: a failed rollback leaves the connection to be discarded by the caller.
+    pub async fn rollback(&mut self) -> Result<(), sqlx::Error> {
+        self.execute_script("ROLLBACK").await
+    }
+}

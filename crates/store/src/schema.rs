@@ -1,0 +1,155 @@
+//! Schema migrations, one list per backend, kept in step: migration N has the same meaning on
+//! both. Applied in order inside a transaction; `schema_version` records the last one.
+
+use crate::db::{Conn, Dialect, Value};
+
+const SQLITE: &[&str] = &[r"
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload TEXT NOT NULL
+);
+CREATE TABLE providers (
+    id BLOB PRIMARY KEY,
+    name TEXT NOT NULL,
+    region TEXT NOT NULL,
+    token_hash BLOB NOT NULL UNIQUE,
+    suspended INTEGER NOT NULL
+);
+CREATE TABLE codes (
+    code_hash BLOB PRIMARY KEY,
+    provider BLOB NOT NULL,
+    format TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    redeemed INTEGER NOT NULL
+);
+CREATE TABLE claims (
+    id BLOB PRIMARY KEY,
+    provider BLOB NOT NULL,
+    region TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    budget_remaining INTEGER NOT NULL,
+    token_hash BLOB UNIQUE,
+    app_public_key BLOB,
+    server_public_key BLOB UNIQUE,
+    server_secret_key BLOB
+);
+CREATE TABLE submissions (
+    id BLOB PRIMARY KEY,
+    claim BLOB NOT NULL,
+    provider BLOB NOT NULL,
+    region TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    inserted INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    dropped INTEGER NOT NULL
+);
+CREATE TABLE keys (
+    key_data BLOB PRIMARY KEY,
+    rolling_start INTEGER NOT NULL,
+    rolling_period INTEGER NOT NULL,
+    transmission_risk INTEGER NOT NULL,
+    submission BLOB NOT NULL
+);
+CREATE INDEX keys_by_submission ON keys (submission);
+CREATE INDEX submissions_by_hour ON submissions (hour);
+"];
+
+const POSTGRES: &[&str] = &[r"
+CREATE TABLE events (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    payload TEXT NOT NULL
+);
+CREATE TABLE providers (
+    id BYTEA PRIMARY KEY,
+    name TEXT NOT NULL,
+    region TEXT NOT NULL,
+    token_hash BYTEA NOT NULL UNIQUE,
+    suspended BIGINT NOT NULL
+);
+CREATE TABLE codes (
+    code_hash BYTEA PRIMARY KEY,
+    provider BYTEA NOT NULL,
+    format TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    redeemed BIGINT NOT NULL
+);
+CREATE TABLE claims (
+    id BYTEA PRIMARY KEY,
+    provider BYTEA NOT NULL,
+    region TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    budget_remaining BIGINT NOT NULL,
+    token_hash BYTEA UNIQUE,
+    app_public_key BYTEA,
+    server_public_key BYTEA UNIQUE,
+    server_secret_key BYTEA
+);
+CREATE TABLE submissions (
+    id BYTEA PRIMARY KEY,
+    claim BYTEA NOT NULL,
+    provider BYTEA NOT NULL,
+    region TEXT NOT NULL,
+    hour BIGINT NOT NULL,
+    inserted BIGINT NOT NULL,
+    skipped BIGINT NOT NULL,
+    dropped BIGINT NOT NULL
+);
+CREATE TABLE keys (
+    key_data BYTEA PRIMARY KEY,
+    rolling_start BIGINT NOT NULL,
+    rolling_period BIGINT NOT NULL,
+    transmission_risk BIGINT NOT NULL,
+    submission BYTEA NOT NULL
+);
+CREATE INDEX keys_by_submission ON keys (submission);
+CREATE INDEX submissions_by_hour ON submissions (hour);
+"];
+
+/// Tables rebuilt from the log, children first so deletion order is safe.
+pub const PROJECTION_TABLES: [&str; 5] = ["keys", "submissions", "claims", "codes", "providers"];
+
+/// Brings the schema up to date; safe to run on every start and from several processes.
+pub async fn migrate(conn: &mut Conn) -> Result<(), sqlx::Error> {
+    let migrations = match conn.dialect() {
+        Dialect::Sqlite => SQLITE,
+        Dialect::Postgres => POSTGRES,
+    };
+    conn.begin().await?;
+    let result = async {
+        if conn.dialect() == Dialect::Postgres {
+            // Serialises concurrent first starts of several instances.
+            conn.execute_script("SELECT pg_advisory_xact_lock(7270010001)")
+                .await?;
+        }
+        conn.execute_script("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await?;
+        let current = match conn
+            .fetch_optional("SELECT version FROM schema_version", &[])
+            .await?
+        {
+            Some(row) => row.int(0)?,
+            None => {
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)", &[])
+                    .await?;
+                0
+            }
+        };
+        for (index, script) in migrations.iter().enumerate().skip(current as usize) {
+            conn.execute_script(script).await?;
+            conn.execute(
+                "UPDATE schema_version SET version = $1",
+                &[Value::from(index as u64 + 1)],
+            )
+            .await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    match result {
+        Ok(()) => conn.commit().await,
+        Err(e) => {
+            conn.rollback().await.ok();
+            Err(e)
+        }
+    }
+}
