@@ -82,13 +82,13 @@ impl TestDatabase {
         if let Some(dir) = &self.sqlite_dir {
             std::fs::remove_dir_all(dir).ok();
         }
-        if let Some((admin, name)) = &self.postgres {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-                    .ok();
-            }
+        if let Some((admin, name)) = &self.postgres
+            && let Ok(mut conn) = sqlx::PgConnection::connect(admin).await
+        {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .ok();
         }
     }
 }

@@ -327,11 +327,10 @@ async fn execute(conn: &mut Conn, write: &Write) -> Result<Written, StoreError> 
                 ),
                 None => (ClaimId([0; 16]), None),
             };
-            if let (Some(expected), Some(claim)) = (app_key, &claim) {
-                if !matches!(&claim.credential, Credential::CovidShield { app_public_key, .. } if *app_public_key == expected)
-                {
-                    return Err(DomainError::AppKeyMismatch.into());
-                }
+            if let (Some(expected), Some(claim)) = (app_key, &claim)
+                && !matches!(&claim.credential, Credential::CovidShield { app_public_key, .. } if *app_public_key == expected)
+            {
+                return Err(DomainError::AppKeyMismatch.into());
             }
             let issuer = match &claim {
                 Some(claim) => provider(conn, "id", claim.provider.0.into())
