@@ -351,6 +351,18 @@ impl Store {
         )
     }
 
+    /// Whether some claim already registered this COVID Shield app key.
+    pub async fn app_key_registered(&self, app_public_key: Key32) -> Result<bool, StoreError> {
+        let mut conn = self.read().await?;
+        Ok(conn
+            .fetch_optional(
+                "SELECT 1 FROM claims WHERE app_public_key = $1",
+                &[app_public_key.0.into()],
+            )
+            .await?
+            .is_some())
+    }
+
     pub async fn submission(&self, id: TrackingId) -> Result<Option<Submission>, StoreError> {
         let mut conn = self.read().await?;
         let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1");

@@ -1,0 +1,321 @@
+//! The native JSON API for providers and apps.
+//!
+//! - `POST /v1/codes` (provider bearer token) issues a one-time code;
+//! - `POST /v1/verify` redeems a code for an upload token with a key budget;
+//! - `POST /v1/submissions` (upload bearer token) stores diagnosis keys;
+//! - `GET /v1/submissions/{trackingId}` reports what a submission stored.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use confidant_core::codes::normalize_code;
+use confidant_core::rules::{self, RawKey};
+use confidant_core::{ClaimId, CodeFormat, Credential, DomainError, OneTimeCode, TrackingId};
+use confidant_store::{ClaimLookup, StoreError};
+use rand_core::{OsRng, RngCore};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::AppState;
+use crate::problem::Problem;
+
+/// Requests of the native API are small; padding included, 32 KiB is plenty.
+const BODY_LIMIT: usize = 32 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/codes", post(issue_code))
+        .route("/v1/verify", post(verify))
+        .route("/v1/submissions", post(submit))
+        .route("/v1/submissions/{tracking_id}", get(submission_status))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+pub fn rfc3339(unix_seconds: u64) -> String {
+    i64::try_from(unix_seconds)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+}
+
+/// Parses a JSON body, turning every failure into a specific problem.
+fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    empty: Option<T>,
+) -> Result<T, Problem> {
+    let body = body.map_err(|rejection| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the request body could not be read ({rejection}); the limit is {BODY_LIMIT} bytes"
+            ),
+        )
+    })?;
+    if body.is_empty()
+        && let Some(default) = empty
+    {
+        return Ok(default);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "malformed_json",
+            format!("the request body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CodeRequest {
+    format: Option<String>,
+    ttl_seconds: Option<u64>,
+}
+
+async fn issue_code(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let token = bearer(&headers).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_provider_token",
+            "send the provider's API token as `Authorization: Bearer …`",
+        )
+    })?;
+    let request: CodeRequest = json_body(body, Some(CodeRequest::default()))?;
+    let format = match request.format.as_deref() {
+        None => CodeFormat::Short,
+        Some(name) => CodeFormat::parse(name).ok_or_else(|| {
+            Problem::bad_request(
+                "unknown_code_format",
+                format!("format must be short, long or card; got {name:?}"),
+            )
+        })?,
+    };
+    let token_hash = state.hasher.token(token);
+    // A fresh code can collide with a live one (short codes are only 10^8): draw again.
+    for _ in 0..5 {
+        let code = OneTimeCode::generate(format, &mut OsRng);
+        let normalized = normalize_code(&code.display).expect("generated codes are valid");
+        let result = state
+            .store
+            .issue_code(
+                token_hash,
+                format,
+                request.ttl_seconds,
+                state.policy,
+                state.hasher.code(&normalized),
+                state.now(),
+            )
+            .await;
+        match result {
+            Ok((_, _, expires_at)) => {
+                let body = json!({"code": code.display, "format": format.name(), "expiresAt": rfc3339(expires_at)});
+                return Ok((StatusCode::CREATED, axum::Json(body)).into_response());
+            }
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Unavailable("could not draw an unused code".into()).into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyRequest {
+    code: String,
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let request: VerifyRequest = json_body(body, None)?;
+    let now = state.now();
+    let address = state.hasher.address(&state.client_address(peer, &headers));
+    let standing = state.lockout.standing(&address, now);
+    if standing.banned_for > 0 {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many wrong codes from this address; try again later",
+        )
+        .retry_after(standing.banned_for));
+    }
+    let normalized =
+        normalize_code(&request.code).map_err(|why| Problem::bad_request("malformed_code", why))?;
+    let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+    let credential = Credential::UploadToken {
+        token_hash: state.hasher.token(&token),
+    };
+    match state
+        .store
+        .redeem_code(
+            state.hasher.code(&normalized),
+            ClaimId(random_bytes()),
+            credential,
+            now,
+        )
+        .await
+    {
+        Ok((expires_at, key_budget)) => {
+            state.lockout.succeed(&address);
+            Ok(axum::Json(
+                json!({"token": token, "expiresAt": rfc3339(expires_at), "keyBudget": key_budget}),
+            )
+            .into_response())
+        }
+        Err(StoreError::Domain(DomainError::InvalidCode)) => {
+            let standing = state.lockout.fail(address, now);
+            Err(Problem::from(DomainError::InvalidCode)
+                .with("triesRemaining", standing.tries_remaining))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SubmissionRequest {
+    keys: Vec<KeyJson>,
+    /// Random filler so uploads of different sizes look alike on the wire; ignored.
+    #[serde(default)]
+    #[allow(dead_code)]
+    padding: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KeyJson {
+    key: String,
+    rolling_start_number: i64,
+    rolling_period: Option<i64>,
+    transmission_risk: Option<i64>,
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let token = bearer(&headers).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_upload_token",
+            "send the upload token from /v1/verify as `Authorization: Bearer …`",
+        )
+    })?;
+    let request: SubmissionRequest = json_body(body, None)?;
+    let raw = request
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(index, k)| {
+            Ok(RawKey {
+                key_data: STANDARD.decode(&k.key).map_err(|_| {
+                    Problem::bad_request(
+                        "invalid_key",
+                        format!("key #{index}: `key` must be base64 (16 bytes)"),
+                    )
+                    .with("keyIndex", index)
+                })?,
+                rolling_start: k.rolling_start_number,
+                rolling_period: k.rolling_period,
+                transmission_risk: k.transmission_risk,
+            })
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    let now = state.now();
+    let keys = rules::validate_keys(&raw, now)?;
+    let outcome = state
+        .store
+        .submit(
+            ClaimLookup::Token(state.hasher.token(token)),
+            keys,
+            TrackingId(random_bytes()),
+            now,
+        )
+        .await?;
+    let mut warnings = Vec::new();
+    if outcome.dropped > 0 {
+        warnings.push(format!(
+            "{} key(s) older than 14 days were dropped",
+            outcome.dropped
+        ));
+    }
+    if outcome.skipped > 0 {
+        warnings.push(format!(
+            "{} key(s) were already stored and were skipped",
+            outcome.skipped
+        ));
+    }
+    Ok(axum::Json(json!({
+        "trackingId": outcome.tracking_id.to_hex(),
+        "inserted": outcome.inserted,
+        "skipped": outcome.skipped,
+        "dropped": outcome.dropped,
+        "warnings": warnings,
+    }))
+    .into_response())
+}
+
+async fn submission_status(
+    State(state): State<AppState>,
+    Path(tracking_id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = TrackingId::from_hex(&tracking_id).ok_or_else(|| {
+        Problem::bad_request(
+            "malformed_tracking_id",
+            "a tracking ID is 32 hexadecimal characters",
+        )
+    })?;
+    let submission = state.store.submission(id).await?.ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_submission",
+            "no submission has this tracking ID",
+        )
+    })?;
+    Ok(axum::Json(json!({
+        "trackingId": tracking_id,
+        "status": "stored",
+        "region": submission.region.as_str(),
+        "submittedHour": rfc3339(submission.hour * 3600),
+        "inserted": submission.inserted,
+        "skipped": submission.skipped,
+        "dropped": submission.dropped,
+    }))
+    .into_response())
+}
