@@ -51,8 +51,7 @@ impl AppState {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .next_back()
+                .rfind(|v| !v.is_empty())
         {
             return last.to_owned();
         }
