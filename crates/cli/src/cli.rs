@@ -4,11 +4,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::settings::{ServeArgs, StoreArgs};
+
 #[derive(Parser)]
 #[command(
     name = "confidant",
     version,
-    about = "Privacy-preserving contact tracing backend: GAEN export files, matching and tools"
+    about = "Privacy-preserving contact tracing backend: reporting server, GAEN export files, matching and tools"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -17,6 +19,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Run the server: native API, COVID Shield protocol (SQLite in ./confidant-data by default)
+    Serve(ServeArgs),
+    /// Register and manage healthcare providers (works while the server runs)
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Drop the projections and rebuild them by replaying the event log
+    Rebuild(StoreArgs),
+    /// Replay the event log into scratch state and compare it with the live projections
+    Check(StoreArgs),
     /// Inspect, verify and build GAEN export files (export.bin + export.sig in a zip)
     #[command(subcommand)]
     Export(ExportCommand),
@@ -28,6 +39,38 @@ pub enum Command {
     /// Measure the speed of the crypto, matching and export writing on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ProviderCommand {
+    /// Register a provider; prints its id and API token (shown once, stored only as a hash)
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Region its reports belong to, e.g. DE or 302
+        #[arg(long)]
+        region: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List providers with their status
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Stop a provider from issuing codes; its unredeemed codes and open uploads stop working
+    Suspend {
+        /// Provider id (16 hex characters)
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Let a suspended provider work again
+    Reinstate {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +201,19 @@ pub enum BenchCommand {
         /// the public key here, to time `confidant match` end to end
         #[arg(long, value_name = "DIR")]
         exports_dir: Option<PathBuf>,
+    },
+    /// Concurrent clients each redeem a code and upload 14 keys over HTTP: acknowledged
+    /// submissions/s and latency, with group commit and with one commit per request
+    Submit {
+        /// Concurrent clients
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Submissions per run
+        #[arg(long, default_value_t = 4000)]
+        submissions: usize,
+        /// Database to measure (default: a fresh SQLite file in a temporary directory)
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Build, sign and zip an export, then read and verify it
     Export {

@@ -12,6 +12,7 @@ macro_rules! out {
 mod cli;
 mod commands;
 mod input;
+mod settings;
 mod sources;
 
 use std::process::ExitCode;

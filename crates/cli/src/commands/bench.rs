@@ -37,6 +37,13 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
             exports_dir,
         } => matching(keys, observations, exports_dir.as_deref()),
         BenchCommand::Export { keys } => export(keys),
+        BenchCommand::Submit {
+            clients,
+            submissions,
+            database_url,
+        } => {
+            super::runtime()?.block_on(super::bench_submit::run(clients, submissions, database_url))
+        }
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -1,9 +1,12 @@
 //! One module per command family; each turns parsed flags into `gaen` calls and output.
 
+mod admin;
 mod bench;
+mod bench_submit;
 mod export;
 mod keys;
 mod matching;
+mod serve;
 
 use std::fs;
 use std::path::Path;
@@ -16,6 +19,10 @@ use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Provider(command) => admin::provider(command),
+        Command::Rebuild(args) => admin::rebuild(args),
+        Command::Check(args) => admin::check(args),
         Command::Export(command) => export::run(command),
         Command::Keys(command) => keys::run(command),
         Command::Match(args) => matching::run(args),
@@ -37,6 +44,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     temporary.push(".partial");
     fs::write(&temporary, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A multi-threaded runtime for the commands that talk to databases and sockets.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Peak resident memory of this process in MiB (Linux), for summaries and benchmarks.

@@ -4,6 +4,7 @@ mod errors;
 mod export;
 mod keys;
 mod matching;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

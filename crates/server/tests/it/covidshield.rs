@@ -473,7 +473,10 @@ async fn eight_wrong_codes_ban_an_address_for_an_hour() {
     );
     server.clock.advance(1);
     // The ban has lifted; the first code expired meanwhile (10 minutes), so use a fresh one.
-    let fresh = KeyClaimRequest { one_time_code: new_key_claim(&server).await, app_public_key: app.public() };
+    let fresh = KeyClaimRequest {
+        one_time_code: new_key_claim(&server).await,
+        app_public_key: app.public(),
+    };
     let (status, response) = claim_raw(&server, fresh.encode_to_vec(), "203.0.113.5").await;
     assert_eq!(
         (status, response.error, response.tries_remaining),

@@ -1,0 +1,96 @@
+//! `confidant serve`: the reporting server until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use confidant_server::{App, ServerSettings, SystemClock};
+use confidant_store::{Store, StoreOptions};
+use tracing_subscriber::EnvFilter;
+
+use super::runtime;
+use crate::settings::{ServeArgs, serve_settings};
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let settings = serve_settings(&args)?;
+    let filter =
+        EnvFilter::try_from_env("CONFIDANT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.json_logs {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    runtime()?.block_on(async {
+        let store = Store::open(
+            &settings.store.database_url,
+            StoreOptions {
+                max_batch: settings.max_batch,
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redact(&settings.store.database_url)
+            )
+        })?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let app = App::build(
+            listener,
+            store.clone(),
+            ServerSettings {
+                secret: settings.store.secret.clone(),
+                policy: settings.policy,
+                trust_forwarded_for: settings.trust_forwarded_for,
+            },
+            Arc::new(SystemClock),
+        )
+        .await?;
+        tracing::info!(
+            address = %app.local_addr()?,
+            database = %redact(&settings.store.database_url),
+            data_dir = %settings.store.data_dir.display(),
+            "confidant is serving"
+        );
+        app.run_until_stopped(shutdown_signal()).await?;
+        tracing::info!("stopping: finishing in-flight commits");
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await.ok();
+}
+
+/// A database URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

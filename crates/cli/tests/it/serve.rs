@@ -1,0 +1,255 @@
+//! `confidant serve` as an operator runs it, with the provider commands beside it, on SQLite and
+//! PostgreSQL.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use confidant_store::Dialect;
+use confidant_store::testing::TestDatabase;
+use serde_json::{Value, json};
+
+use crate::{confidant, fails, ok, path_str};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+/// Starts `confidant serve` on a free port and waits for its "serving" log line.
+fn serve(data_dir: &Path, database_url: Option<&str>) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_confidant"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+            path_str(data_dir),
+        ])
+        .env_remove("CONFIDANT_DATABASE_URL")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    let mut child = command.spawn().expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("serve logs before exiting")
+            .expect("log line");
+        let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if entry["fields"]["message"] == "confidant is serving" {
+            break entry["fields"]["address"]
+                .as_str()
+                .expect("address")
+                .to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        base: format!("http://{address}"),
+    }
+}
+
+impl Server {
+    fn stop(mut self) {
+        // SAFETY: sending SIGTERM to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("serve exits");
+        assert!(status.success(), "serve exited with {status}");
+    }
+}
+
+fn store_args<'a>(data_dir: &'a Path, database_url: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec!["--data-dir", path_str(data_dir)];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    args
+}
+
+async fn issue_code(http: &reqwest::Client, server: &Server, token: &str) -> reqwest::StatusCode {
+    http.post(format!("{}/v1/codes", server.base))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_workflow_against_a_running_server() {
+    for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+        let data = tempfile::tempdir().expect("tempdir");
+        let db = TestDatabase::create(dialect).await;
+        let url = (dialect == Dialect::Postgres).then(|| db.url().to_owned());
+        let url = url.as_deref();
+        let server = serve(data.path(), url);
+        let http = reqwest::Client::new();
+
+        // Registered while the server runs, usable at once.
+        let mut add = vec![
+            "provider",
+            "add",
+            "--name",
+            "St. Mary's Lab",
+            "--region",
+            "DE",
+        ];
+        add.extend(store_args(data.path(), url));
+        let printed = ok(confidant(&add));
+        let field = |name: &str| {
+            printed
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .expect(name)
+        };
+        let (id, token) = (field("provider id:"), field("api token:"));
+        assert_eq!(issue_code(&http, &server, &token).await, 201, "{dialect:?}");
+
+        let mut suspend = vec!["provider", "suspend", id.as_str()];
+        suspend.extend(store_args(data.path(), url));
+        assert!(ok(confidant(&suspend)).contains("is now suspended"));
+        assert_eq!(
+            issue_code(&http, &server, &token).await,
+            403,
+            "suspension is seen at once"
+        );
+        let mut reinstate = vec!["provider", "reinstate", id.as_str()];
+        reinstate.extend(store_args(data.path(), url));
+        ok(confidant(&reinstate));
+
+        let code: Value = http
+            .post(format!("{}/v1/codes", server.base))
+            .bearer_auth(&token)
+            .json(&json!({"format": "long"}))
+            .send()
+            .await
+            .expect("code")
+            .json()
+            .await
+            .expect("json");
+        let verified: Value = http
+            .post(format!("{}/v1/verify", server.base))
+            .json(&json!({"code": code["code"]}))
+            .send()
+            .await
+            .expect("verify")
+            .json()
+            .await
+            .expect("json");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs();
+        let keys = json!({"keys": [{"key": "AAECAwQFBgcICQoLDA0ODw==", "rollingStartNumber": now / 600 / 144 * 144, "rollingPeriod": 144}]});
+        let submitted = http
+            .post(format!("{}/v1/submissions", server.base))
+            .bearer_auth(verified["token"].as_str().expect("token"))
+            .json(&keys)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(submitted.status(), 200);
+        server.stop();
+
+        // Everything acknowledged is there after a restart; rebuild and check agree.
+        let restarted = serve(data.path(), url);
+        assert_eq!(issue_code(&http, &restarted, &token).await, 201);
+        restarted.stop();
+        let mut list = vec!["provider", "list"];
+        list.extend(store_args(data.path(), url));
+        let listing = ok(confidant(&list));
+        assert!(
+            listing.contains(&id)
+                && listing.contains("active")
+                && listing.contains("St. Mary's Lab"),
+            "{listing}"
+        );
+        let mut rebuild = vec!["rebuild"];
+        rebuild.extend(store_args(data.path(), url));
+        assert!(ok(confidant(&rebuild)).contains("replayed"));
+        let mut check = vec!["check"];
+        check.extend(store_args(data.path(), url));
+        let report = ok(confidant(&check));
+        assert!(report.contains("consistent"), "{report}");
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("keys") && l.split_whitespace().nth(1) == Some("1")),
+            "{report}"
+        );
+        db.finish().await;
+    }
+}
+
+#[test]
+fn configuration_errors_are_explained() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("confidant.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmax_bach = 3\n").expect("config");
+    let err = fails(confidant(&[
+        "serve",
+        "--config",
+        path_str(&config),
+        "--data-dir",
+        path_str(data.path()),
+    ]));
+    assert!(
+        err.contains("confidant.toml is not a valid configuration") && err.contains("max_bach"),
+        "{err}"
+    );
+
+    std::fs::write(data.path().join("secret.key"), "abcd\n").expect("secret");
+    let err = fails(confidant(&[
+        "provider",
+        "list",
+        "--data-dir",
+        path_str(data.path()),
+    ]));
+    assert!(err.contains("the secret must be at least 32"), "{err}");
+
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let err = fails(confidant(&[
+        "provider",
+        "add",
+        "--name",
+        "X",
+        "--region",
+        "D E",
+        "--data-dir",
+        path_str(fresh.path()),
+    ]));
+    assert!(err.contains("a region is 1 to 16 letters"), "{err}");
+    let err = fails(confidant(&[
+        "provider",
+        "suspend",
+        "xyz",
+        "--data-dir",
+        path_str(fresh.path()),
+    ]));
+    assert!(
+        err.contains("a provider id is 16 hexadecimal characters"),
+        "{err}"
+    );
+    let err = fails(confidant(&[
+        "provider",
+        "suspend",
+        "0011223344556677",
+        "--data-dir",
+        path_str(fresh.path()),
+    ]));
+    assert!(err.contains("no provider has id 0011223344556677"), "{err}");
+}
