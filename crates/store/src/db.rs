@@ -30,11 +30,14 @@ impl Dialect {
         }
     }
 
+    /// Starts a writing transaction that excludes every other writer, in this process or
+    /// another, until it ends: the log's order is then the commit order, and what a batch read
+    /// cannot change before it commits.
     fn begin(self) -> &'static str {
         match self {
             // Take the write lock up front, so two processes never deadlock upgrading a read.
             Self::Sqlite => "BEGIN IMMEDIATE",
-            Self::Postgres => "BEGIN",
+            Self::Postgres => "BEGIN; SELECT pg_advisory_xact_lock(7270010002)",
         }
     }
 }
@@ -142,6 +145,17 @@ impl Row {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbered_parameters_become_anonymous_for_sqlite() {
+        assert_eq!(
+            super::sqlite_sql("INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) -- $x"),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) -- $x"
+        );
+    }
+}
+
 #[derive(Clone)]
 pub enum Pool {
     Sqlite(SqlitePool),
@@ -154,9 +168,28 @@ pub enum Conn {
     Postgres(PoolConnection<Postgres>),
 }
 
-/// `$1` → `?1`. Our SQL has no `$` inside string literals.
+/// `$1, $2, …` → `?, ?, …`. Every statement numbers its parameters in order of appearance,
+/// each used once, so anonymous `?` binds the same values; SQLite resolves numbered names one
+/// by one, which made large multi-row statements quadratic. Our SQL has no `$` in literals.
 fn sqlite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut expected = 1u32;
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut number = 0u32;
+            while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
+                number = number * 10 + digit;
+                chars.next();
+            }
+            debug_assert_eq!(number, expected, "parameters must appear in order: {sql}");
+            expected += 1;
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 macro_rules! bind_all {
@@ -178,7 +211,7 @@ impl Pool {
     /// `sqlite://PATH` (created if missing; WAL, synchronous=FULL) or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?;
+            let options = PgConnectOptions::from_str(url)?.statement_cache_capacity(2048);
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
@@ -192,7 +225,9 @@ impl Pool {
                 // FULL: a commit is on stable storage before it returns, even on power loss.
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                // Batches of every size have their own statement text; keep them prepared.
+                .statement_cache_capacity(2048);
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))

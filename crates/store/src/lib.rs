@@ -6,6 +6,7 @@
 //! `rebuild` replays the log into empty projections; `check` compares a replay with them.
 
 mod db;
+mod overlay;
 mod projection;
 mod schema;
 pub mod testing;

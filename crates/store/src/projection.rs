@@ -1,13 +1,14 @@
 //! Projections: the tables that mirror `core::State`, updated from events and read back.
 //!
-//! Invariant: nothing writes these tables except [`project`], called with each event in the
-//! same transaction that appends it; [`load_state`] reads them into the same shape that
-//! `State::replay` computes from the log, so the two can be compared.
+//! Invariant: nothing writes these tables except `overlay::Overlay::write_back`, which stores
+//! rows as `State::apply` left them, in the transaction that appends the events;
+//! [`load_state`] reads them into the same shape that `State::replay` computes from the log, so
+//! the two can be compared.
 
 use confidant_core::state::KeyRecord;
 use confidant_core::{
-    Claim, ClaimId, Code, CodeFormat, Credential, Digest, Event, Key32, KeyData, Provider,
-    ProviderId, Region, State, StoredKey, Submission, TrackingId,
+    Claim, ClaimId, Code, CodeFormat, Credential, Digest, Key32, KeyData, Provider, ProviderId,
+    Region, State, StoredKey, Submission, TrackingId,
 };
 
 use crate::db::{Conn, Row};
@@ -19,148 +20,6 @@ fn decode_error(message: String) -> sqlx::Error {
 
 fn region(row: &Row, index: usize) -> Result<Region, sqlx::Error> {
     Region::try_from(row.text(index)?).map_err(decode_error)
-}
-
-/// Applies one event to the projection tables.
-pub async fn project(conn: &mut Conn, event: &Event) -> Result<(), sqlx::Error> {
-    match event {
-        Event::ProviderRegistered {
-            provider,
-            name,
-            region,
-            token_hash,
-        } => {
-            conn.execute(
-                "INSERT INTO providers (id, name, region, token_hash, suspended) VALUES ($1, $2, $3, $4, 0)",
-                &[provider.0.into(), name.as_str().into(), region.as_str().into(), token_hash.0.into()],
-            )
-            .await?;
-        }
-        Event::ProviderSuspended { provider } | Event::ProviderReinstated { provider } => {
-            let suspended = matches!(event, Event::ProviderSuspended { .. });
-            conn.execute(
-                "UPDATE providers SET suspended = $1 WHERE id = $2",
-                &[suspended.into(), provider.0.into()],
-            )
-            .await?;
-        }
-        Event::CodeIssued {
-            code_hash,
-            provider,
-            format,
-            expires_at,
-        } => {
-            conn.execute(
-                "INSERT INTO codes (code_hash, provider, format, expires_at, redeemed) VALUES ($1, $2, $3, $4, 0)",
-                &[code_hash.0.into(), provider.0.into(), format.name().into(), (*expires_at).into()],
-            )
-            .await?;
-        }
-        Event::CodeRedeemed {
-            code_hash,
-            claim,
-            provider,
-            region,
-            expires_at,
-            key_budget,
-            credential,
-        } => {
-            conn.execute(
-                "UPDATE codes SET redeemed = 1 WHERE code_hash = $1",
-                &[code_hash.0.into()],
-            )
-            .await?;
-            let (token_hash, app_key, server_public, server_secret) = match credential {
-                Credential::UploadToken { token_hash } => (Some(token_hash.0), None, None, None),
-                Credential::CovidShield {
-                    app_public_key,
-                    server_public_key,
-                    server_secret_key,
-                } => (
-                    None,
-                    Some(app_public_key.0),
-                    Some(server_public_key.0),
-                    Some(server_secret_key.0),
-                ),
-            };
-            conn.execute(
-                "INSERT INTO claims (id, provider, region, expires_at, budget_remaining, token_hash, app_public_key, server_public_key, server_secret_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    claim.0.into(),
-                    provider.0.into(),
-                    region.as_str().into(),
-                    (*expires_at).into(),
-                    (*key_budget).into(),
-                    token_hash.into(),
-                    app_key.into(),
-                    server_public.into(),
-                    server_secret.into(),
-                ],
-            )
-            .await?;
-        }
-        Event::KeysSubmitted {
-            submission,
-            claim,
-            provider,
-            region,
-            hour,
-            keys,
-            skipped,
-            dropped,
-        } => {
-            let spent = keys.len() as u32;
-            conn.execute(
-                "UPDATE claims SET budget_remaining = CASE WHEN budget_remaining > $1 THEN budget_remaining - $1 ELSE 0 END WHERE id = $2",
-                &[spent.into(), claim.0.into()],
-            )
-            .await?;
-            conn.execute(
-                "INSERT INTO submissions (id, claim, provider, region, hour, inserted, skipped, dropped) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    submission.0.into(),
-                    claim.0.into(),
-                    provider.0.into(),
-                    region.as_str().into(),
-                    (*hour).into(),
-                    spent.into(),
-                    (*skipped).into(),
-                    (*dropped).into(),
-                ],
-            )
-            .await?;
-            if !keys.is_empty() {
-                let mut sql = String::from(
-                    "INSERT INTO keys (key_data, rolling_start, rolling_period, transmission_risk, submission) VALUES ",
-                );
-                let mut params = Vec::with_capacity(keys.len() * 5);
-                for (i, key) in keys.iter().enumerate() {
-                    let n = i * 5;
-                    if i > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!(
-                        "(${}, ${}, ${}, ${}, ${})",
-                        n + 1,
-                        n + 2,
-                        n + 3,
-                        n + 4,
-                        n + 5
-                    ));
-                    params.extend([
-                        key.key_data.0.into(),
-                        key.rolling_start.into(),
-                        key.rolling_period.into(),
-                        u32::from(key.transmission_risk).into(),
-                        submission.0.into(),
-                    ]);
-                }
-                conn.execute(&sql, &params).await?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Empties every projection table (inside the caller's transaction).

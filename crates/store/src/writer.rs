@@ -1,22 +1,23 @@
 //! The single writer: every change goes through here, one transaction per batch.
 //!
 //! Requests queue on a channel. The writer takes all that are waiting (up to `max_batch`),
-//! runs each inside its own savepoint (so one refused request does not undo the others), and
-//! commits once: one fsync for the whole batch. Nobody is answered before that commit returns,
-//! so an acknowledgement always means the data is on stable storage.
-
-use std::collections::BTreeSet;
+//! loads the rows they touch, decides each in memory with `core`'s rules (a refused request
+//! leaves no trace, and later ones see earlier ones), writes the events and changed rows with a
+//! few multi-row statements, and commits once: one fsync for the whole batch. Nobody is
+//! answered before that commit returns, so an acknowledgement always means the data is on
+//! stable storage; if the commit fails, every request of the batch gets an error.
 
 use confidant_core::state::StoredKey;
 use confidant_core::{
-    ClaimId, CodeFormat, CodePolicy, Credential, Digest, DomainError, Event, Key32, KeyData,
-    ProviderId, Region, SubmissionOutcome, TrackingId, UnixSeconds, rules,
+    ClaimId, CodeFormat, CodePolicy, Credential, Digest, DomainError, Event, Key32, ProviderId,
+    Region, SubmissionOutcome, TrackingId, UnixSeconds, rules,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
-use crate::db::{Conn, Dialect, Pool, Value};
-use crate::projection::{self, CLAIM_COLUMNS, CODE_COLUMNS, PROVIDER_COLUMNS};
+use crate::db::{Conn, Dialect, Pool};
+use crate::overlay::{Overlay, Wanted, append_events};
+use crate::projection;
 
 /// How an upload finds its claim.
 #[derive(Clone, Debug)]
@@ -94,10 +95,23 @@ pub(crate) struct Job {
 
 pub(crate) async fn run(pool: Pool, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
     let mut conn: Option<Conn> = None;
-    while let Some(first) = jobs.recv().await {
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
         let mut batch = vec![first];
-        while batch.len() < max_batch {
+        // A rebuild runs alone; everything else queued joins the batch.
+        while batch.len() < max_batch && !matches!(batch[0].write, Write::Rebuild) {
             match jobs.try_recv() {
+                Ok(job) if matches!(job.write, Write::Rebuild) => {
+                    held = Some(job);
+                    break;
+                }
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
@@ -117,85 +131,114 @@ pub(crate) async fn run(pool: Pool, mut jobs: mpsc::Receiver<Job>, max_batch: us
             }
         }
         let connection = conn.as_mut().expect("acquired above");
-        let (results, healthy) = run_batch(connection, &batch).await;
-        if !healthy {
-            // Drop a connection that failed mid-transaction; the next batch takes a fresh one.
-            conn = None;
-        }
+        let outcome = match batch[0].write {
+            Write::Rebuild => rebuild(connection).await.map(|w| vec![Ok(w)]),
+            _ => run_batch(connection, &batch).await,
+        };
+        let results = match outcome {
+            Ok(results) => results,
+            Err(e) => {
+                connection.rollback().await.ok();
+                // Drop a connection that failed mid-transaction; the next batch takes a fresh one.
+                conn = None;
+                let message = e.to_string();
+                batch
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(message.clone())))
+                    .collect()
+            }
+        };
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
     }
 }
 
-/// Runs a batch in one transaction. Returns each job's result and whether the connection is
-/// still usable.
-async fn run_batch(conn: &mut Conn, batch: &[Job]) -> (Vec<Result<Written, StoreError>>, bool) {
-    let unavailable = |e: &sqlx::Error| StoreError::Unavailable(e.to_string());
-    if let Err(e) = conn.begin().await {
-        return (batch.iter().map(|_| Err(unavailable(&e))).collect(), false);
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        if let Err(e) = conn.execute_script("SAVEPOINT job").await {
-            conn.rollback().await.ok();
-            return (batch.iter().map(|_| Err(unavailable(&e))).collect(), false);
-        }
-        let result = execute(conn, &job.write).await;
-        let end = if result.is_ok() {
-            "RELEASE SAVEPOINT job"
-        } else {
-            "ROLLBACK TO SAVEPOINT job"
-        };
-        if let Err(e) = conn.execute_script(end).await {
-            conn.rollback().await.ok();
-            return (batch.iter().map(|_| Err(unavailable(&e))).collect(), false);
-        }
-        results.push(result);
-    }
-    match conn.commit().await {
-        Ok(()) => (results, true),
-        Err(e) => {
-            conn.rollback().await.ok();
-            // Nothing of this batch is stored: successes become failures.
-            let results = results
-                .into_iter()
-                .map(|r| r.and(Err(unavailable(&e))))
-                .collect();
-            (results, false)
+impl Write {
+    fn want(&self, wanted: &mut Wanted) {
+        match self {
+            Write::RegisterProvider {
+                provider,
+                token_hash,
+                ..
+            } => {
+                wanted.providers.insert(*provider);
+                wanted.provider_tokens.insert(*token_hash);
+            }
+            Write::SetSuspended { provider, .. } => {
+                wanted.providers.insert(*provider);
+            }
+            Write::IssueCode {
+                token_hash,
+                code_hash,
+                ..
+            } => {
+                wanted.provider_tokens.insert(*token_hash);
+                wanted.codes.insert(*code_hash);
+            }
+            Write::Redeem {
+                code_hash, claim, ..
+            } => {
+                wanted.codes.insert(*code_hash);
+                wanted.claims.insert(*claim);
+            }
+            Write::Submit {
+                lookup,
+                keys,
+                tracking_id,
+                ..
+            } => {
+                match lookup {
+                    ClaimLookup::Token(hash) => wanted.claim_tokens.insert(*hash),
+                    ClaimLookup::CovidShield {
+                        server_public_key, ..
+                    } => wanted.claim_server_keys.insert(*server_public_key),
+                };
+                wanted.submissions.insert(*tracking_id);
+                wanted.keys.extend(keys.iter().map(|k| k.key_data));
+            }
+            Write::Rebuild => {}
         }
     }
 }
 
-async fn append(conn: &mut Conn, event: &Event) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO events (payload) VALUES ($1)",
-        &[event.encode().into()],
-    )
-    .await?;
-    projection::project(conn, event).await?;
-    Ok(())
-}
-
-async fn provider(
+/// One transaction: load what the batch touches, decide every job in memory (each seeing the
+/// ones before it), then append the events and write back the changed rows. Returns each job's
+/// result; `Err` means the transaction failed and nothing was stored.
+async fn run_batch(
     conn: &mut Conn,
-    column: &str,
-    value: Value,
-) -> Result<Option<(ProviderId, confidant_core::Provider)>, StoreError> {
-    let sql = format!(
-        "SELECT id, {PROVIDER_COLUMNS} FROM providers WHERE {column} = $1{}",
-        conn.dialect().for_update()
-    );
-    Ok(match conn.fetch_optional(&sql, &[value]).await? {
-        Some(row) => Some((
-            ProviderId(row.array(0)?),
-            projection::provider_from_row(&row, 1)?,
-        )),
-        None => None,
-    })
+    batch: &[Job],
+) -> Result<Vec<Result<Written, StoreError>>, sqlx::Error> {
+    conn.begin().await?;
+    let mut wanted = Wanted::default();
+    for job in batch {
+        job.write.want(&mut wanted);
+    }
+    let mut overlay = Overlay::load(conn, wanted).await?;
+    let mut events = Vec::new();
+    let results = batch
+        .iter()
+        .map(|job| {
+            decide(&overlay, &job.write).map(|(written, decided)| {
+                for event in decided {
+                    overlay.apply(&event);
+                    events.push(event);
+                }
+                written
+            })
+        })
+        .collect();
+    if !events.is_empty() {
+        append_events(conn, &events).await?;
+        overlay.write_back(conn).await?;
+    }
+    conn.commit().await?;
+    Ok(results)
 }
 
-async fn execute(conn: &mut Conn, write: &Write) -> Result<Written, StoreError> {
+/// What one write does to the batch's state so far: its answer and its events.
+fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), StoreError> {
+    let state = &overlay.state;
     match write {
         Write::RegisterProvider {
             provider,
@@ -203,35 +246,40 @@ async fn execute(conn: &mut Conn, write: &Write) -> Result<Written, StoreError> 
             region,
             token_hash,
         } => {
-            append(
-                conn,
-                &Event::ProviderRegistered {
-                    provider: *provider,
-                    name: name.clone(),
-                    region: region.clone(),
-                    token_hash: *token_hash,
-                },
-            )
-            .await?;
-            Ok(Written::ProviderRegistered)
+            if state.providers.contains_key(provider)
+                || overlay.provider_by_token.contains_key(token_hash)
+            {
+                return Err(StoreError::Conflict);
+            }
+            let event = Event::ProviderRegistered {
+                provider: *provider,
+                name: name.clone(),
+                region: region.clone(),
+                token_hash: *token_hash,
+            };
+            Ok((Written::ProviderRegistered, vec![event]))
         }
         Write::SetSuspended {
-            provider: id,
+            provider,
             suspended,
         } => {
-            let (_, current) = provider(conn, "id", id.0.into())
-                .await?
+            let current = state
+                .providers
+                .get(provider)
                 .ok_or(DomainError::UnknownProvider)?;
             if current.suspended == *suspended {
-                return Ok(Written::SuspensionChanged(false));
+                return Ok((Written::SuspensionChanged(false), Vec::new()));
             }
             let event = if *suspended {
-                Event::ProviderSuspended { provider: *id }
+                Event::ProviderSuspended {
+                    provider: *provider,
+                }
             } else {
-                Event::ProviderReinstated { provider: *id }
+                Event::ProviderReinstated {
+                    provider: *provider,
+                }
             };
-            append(conn, &event).await?;
-            Ok(Written::SuspensionChanged(true))
+            Ok((Written::SuspensionChanged(true), vec![event]))
         }
         Write::IssueCode {
             token_hash,
@@ -241,20 +289,30 @@ async fn execute(conn: &mut Conn, write: &Write) -> Result<Written, StoreError> 
             code_hash,
             now,
         } => {
-            let (id, issuer) = provider(conn, "token_hash", token_hash.0.into())
-                .await?
+            let id = *overlay
+                .provider_by_token
+                .get(token_hash)
                 .ok_or(DomainError::UnknownProvider)?;
+            let issuer = state
+                .providers
+                .get(&id)
+                .ok_or(DomainError::UnknownProvider)?;
+            if state.codes.contains_key(code_hash) {
+                return Err(StoreError::Conflict);
+            }
             let event =
-                rules::issue_code(id, &issuer, *format, *ttl_seconds, policy, *now, *code_hash)?;
+                rules::issue_code(id, issuer, *format, *ttl_seconds, policy, *now, *code_hash)?;
             let Event::CodeIssued { expires_at, .. } = event else {
                 unreachable!("issue_code returns CodeIssued");
             };
-            append(conn, &event).await?;
-            Ok(Written::CodeIssued {
-                provider: id,
-                region: issuer.region,
-                expires_at,
-            })
+            Ok((
+                Written::CodeIssued {
+                    provider: id,
+                    region: issuer.region.clone(),
+                    expires_at,
+                },
+                vec![event],
+            ))
         }
         Write::Redeem {
             code_hash,
@@ -262,28 +320,13 @@ async fn execute(conn: &mut Conn, write: &Write) -> Result<Written, StoreError> 
             credential,
             now,
         } => {
-            let sql = format!(
-                "SELECT {CODE_COLUMNS} FROM codes WHERE code_hash = $1{}",
-                conn.dialect().for_update()
-            );
-            let code = match conn.fetch_optional(&sql, &[code_hash.0.into()]).await? {
-                Some(row) => Some(projection::code_from_row(&row, 0)?),
-                None => None,
-            };
-            let issuer = match &code {
-                Some(code) => provider(conn, "id", code.provider.0.into())
-                    .await?
-                    .map(|(_, p)| p),
-                None => None,
-            };
-            let event = rules::redeem_code(
-                *code_hash,
-                code.as_ref(),
-                issuer.as_ref(),
-                *now,
-                *claim,
-                credential.clone(),
-            )?;
+            if state.claims.contains_key(claim) {
+                return Err(StoreError::Conflict);
+            }
+            let code = state.codes.get(code_hash);
+            let issuer = code.and_then(|c| state.providers.get(&c.provider));
+            let event =
+                rules::redeem_code(*code_hash, code, issuer, *now, *claim, credential.clone())?;
             let Event::CodeRedeemed {
                 expires_at,
                 key_budget,
@@ -292,12 +335,14 @@ async fn execute(conn: &mut Conn, write: &Write) -> Result<Written, StoreError> 
             else {
                 unreachable!("redeem_code returns CodeRedeemed");
             };
-            append(conn, &event).await?;
-            Ok(Written::Redeemed {
-                claim: *claim,
-                expires_at,
-                key_budget,
-            })
+            Ok((
+                Written::Redeemed {
+                    claim: *claim,
+                    expires_at,
+                    key_budget,
+                },
+                vec![event],
+            ))
         }
         Write::Submit {
             lookup,
@@ -305,88 +350,69 @@ async fn execute(conn: &mut Conn, write: &Write) -> Result<Written, StoreError> 
             tracking_id,
             now,
         } => {
-            let (column, value, app_key) = match lookup {
-                ClaimLookup::Token(hash) => ("token_hash", hash.0, None),
+            let (claim_id, app_key) = match lookup {
+                ClaimLookup::Token(hash) => (overlay.claim_by_token.get(hash), None),
                 ClaimLookup::CovidShield {
                     server_public_key,
                     app_public_key,
                 } => (
-                    "server_public_key",
-                    server_public_key.0,
+                    overlay.claim_by_server_key.get(server_public_key),
                     Some(*app_public_key),
                 ),
             };
-            let sql = format!(
-                "SELECT id, {CLAIM_COLUMNS} FROM claims WHERE {column} = $1{}",
-                conn.dialect().for_update()
-            );
-            let (claim_id, claim) = match conn.fetch_optional(&sql, &[value.into()]).await? {
-                Some(row) => (
-                    ClaimId(row.array(0)?),
-                    Some(projection::claim_from_row(&row, 1)?),
-                ),
-                None => (ClaimId([0; 16]), None),
-            };
-            if let (Some(expected), Some(claim)) = (app_key, &claim)
+            let claim_id = claim_id.copied().unwrap_or(ClaimId([0; 16]));
+            let claim = state.claims.get(&claim_id);
+            if let (Some(expected), Some(claim)) = (app_key, claim)
                 && !matches!(&claim.credential, Credential::CovidShield { app_public_key, .. } if *app_public_key == expected)
             {
                 return Err(DomainError::AppKeyMismatch.into());
             }
-            let issuer = match &claim {
-                Some(claim) => provider(conn, "id", claim.provider.0.into())
-                    .await?
-                    .map(|(_, p)| p),
-                None => None,
-            };
-            let stored = stored_keys(conn, keys).await?;
+            if state.submissions.contains_key(tracking_id) {
+                return Err(StoreError::Conflict);
+            }
+            let issuer = claim.and_then(|c| state.providers.get(&c.provider));
             let (event, outcome) = rules::submit(
                 claim_id,
-                claim.as_ref(),
-                issuer.as_ref(),
+                claim,
+                issuer,
                 keys.clone(),
-                |k| stored.contains(k),
+                |k| state.keys.contains_key(k),
                 *now,
                 *tracking_id,
             )?;
-            append(conn, &event).await?;
-            Ok(Written::Submitted(outcome))
+            Ok((Written::Submitted(outcome), vec![event]))
         }
-        Write::Rebuild => {
-            if conn.dialect() == Dialect::Postgres {
-                conn.execute_script("LOCK TABLE events IN EXCLUSIVE MODE")
-                    .await?;
-            }
-            projection::clear(conn).await?;
-            let mut replayed = 0;
-            let mut after = 0i64;
-            loop {
-                let page = crate::read_events(conn, after, 1000).await?;
-                let Some((last, _)) = page.last() else { break };
-                after = *last;
-                for (_, event) in &page {
-                    projection::project(conn, event).await?;
-                    replayed += 1;
-                }
-            }
-            Ok(Written::Rebuilt { events: replayed })
-        }
+        Write::Rebuild => unreachable!("rebuild runs alone"),
     }
 }
 
-/// Which of `keys` are already stored.
-async fn stored_keys(conn: &mut Conn, keys: &[StoredKey]) -> Result<BTreeSet<KeyData>, StoreError> {
-    if keys.is_empty() {
-        return Ok(BTreeSet::new());
+/// Empties the projections and replays the log into them, one page of events at a time.
+async fn rebuild(conn: &mut Conn) -> Result<Written, sqlx::Error> {
+    conn.begin().await?;
+    if conn.dialect() == Dialect::Postgres {
+        conn.execute_script("LOCK TABLE events IN EXCLUSIVE MODE")
+            .await?;
     }
-    let placeholders: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "SELECT key_data FROM keys WHERE key_data IN ({})",
-        placeholders.join(", ")
-    );
-    let params: Vec<Value> = keys.iter().map(|k| k.key_data.0.into()).collect();
-    conn.fetch_all(&sql, &params)
-        .await?
-        .iter()
-        .map(|row| Ok(KeyData(row.array(0)?)))
-        .collect()
+    projection::clear(conn).await?;
+    let mut replayed = 0;
+    let mut after = 0i64;
+    loop {
+        let page = crate::read_events(conn, after, 5000)
+            .await
+            .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        let mut wanted = Wanted::default();
+        for (_, event) in &page {
+            wanted.for_event(event);
+        }
+        let mut overlay = Overlay::load(conn, wanted).await?;
+        for (_, event) in &page {
+            overlay.apply(event);
+            replayed += 1;
+        }
+        overlay.write_back(conn).await?;
+    }
+    conn.commit().await?;
+    Ok(Written::Rebuilt { events: replayed })
 }

@@ -1,0 +1,473 @@
+//! Batched, set-based application of events: load the rows a batch touches, fold the batch's
+//! events into them with `core`'s `State::apply`, and write back only the rows that changed.
+//!
+//! This is how projections are written, by the writer and by `rebuild` alike: the database
+//! rows are always `apply`'s result, and a batch of any size costs a handful of statements.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use confidant_core::state::KeyRecord;
+use confidant_core::{
+    ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, State, StoredKey, TrackingId,
+};
+
+use crate::db::{Conn, Value};
+use crate::projection::{self, CLAIM_COLUMNS, CODE_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS};
+
+/// Parameters per statement, well under SQLite's and PostgreSQL's limits.
+const MAX_PARAMS: usize = 30_000;
+
+/// A partial `State` holding the rows a batch reads, and which of them it changed.
+#[derive(Default)]
+pub struct Overlay {
+    pub state: State,
+    dirty_providers: BTreeSet<ProviderId>,
+    dirty_codes: BTreeSet<Digest>,
+    dirty_claims: BTreeSet<ClaimId>,
+    dirty_submissions: BTreeSet<TrackingId>,
+    dirty_keys: BTreeSet<KeyData>,
+    /// Lookups by secondary keys, kept in step with `state`.
+    pub provider_by_token: BTreeMap<Digest, ProviderId>,
+    pub claim_by_token: BTreeMap<Digest, ClaimId>,
+    pub claim_by_server_key: BTreeMap<Key32, ClaimId>,
+    pub claim_by_app_key: BTreeSet<Key32>,
+}
+
+/// What to load before deciding or replaying.
+#[derive(Default)]
+pub struct Wanted {
+    pub providers: BTreeSet<ProviderId>,
+    pub provider_tokens: BTreeSet<Digest>,
+    pub codes: BTreeSet<Digest>,
+    pub claims: BTreeSet<ClaimId>,
+    pub claim_tokens: BTreeSet<Digest>,
+    pub claim_server_keys: BTreeSet<Key32>,
+    pub submissions: BTreeSet<TrackingId>,
+    pub keys: BTreeSet<KeyData>,
+}
+
+impl Wanted {
+    /// The rows replaying `event` reads.
+    pub fn for_event(&mut self, event: &Event) {
+        match event {
+            Event::ProviderRegistered { .. } | Event::CodeIssued { .. } => {}
+            Event::ProviderSuspended { provider } | Event::ProviderReinstated { provider } => {
+                self.providers.insert(*provider);
+            }
+            Event::CodeRedeemed { code_hash, .. } => {
+                self.codes.insert(*code_hash);
+            }
+            Event::KeysSubmitted { claim, .. } => {
+                self.claims.insert(*claim);
+            }
+        }
+    }
+}
+
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `SELECT … WHERE column IN (…)` over `values`, in chunks.
+async fn select_in(
+    conn: &mut Conn,
+    select: &str,
+    column: &str,
+    values: Vec<Value>,
+) -> Result<Vec<crate::db::Row>, sqlx::Error> {
+    let mut rows = Vec::new();
+    for chunk in values.chunks(MAX_PARAMS) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("{select} WHERE {column} IN ({})", list.join(", "));
+        rows.extend(conn.fetch_all(&sql, chunk).await?);
+    }
+    Ok(rows)
+}
+
+fn bytes<const N: usize>(set: impl IntoIterator<Item = [u8; N]>) -> Vec<Value> {
+    set.into_iter().map(Value::from).collect()
+}
+
+impl Overlay {
+    /// Loads the wanted rows (and the providers of loaded codes and claims).
+    pub async fn load(conn: &mut Conn, wanted: Wanted) -> Result<Self, sqlx::Error> {
+        let mut overlay = Self::default();
+        let select_providers = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers");
+        let mut provider_rows = Vec::new();
+        if !wanted.provider_tokens.is_empty() {
+            provider_rows.extend(
+                select_in(
+                    conn,
+                    &select_providers,
+                    "token_hash",
+                    bytes(wanted.provider_tokens.iter().map(|d| d.0)),
+                )
+                .await?,
+            );
+        }
+        let select_codes = format!("SELECT code_hash, {CODE_COLUMNS} FROM codes");
+        if !wanted.codes.is_empty() {
+            for row in select_in(
+                conn,
+                &select_codes,
+                "code_hash",
+                bytes(wanted.codes.iter().map(|d| d.0)),
+            )
+            .await?
+            {
+                overlay
+                    .state
+                    .codes
+                    .insert(Digest(row.array(0)?), projection::code_from_row(&row, 1)?);
+            }
+        }
+        let select_claims = format!("SELECT id, {CLAIM_COLUMNS} FROM claims");
+        let mut claim_rows = Vec::new();
+        if !wanted.claims.is_empty() {
+            claim_rows.extend(
+                select_in(
+                    conn,
+                    &select_claims,
+                    "id",
+                    bytes(wanted.claims.iter().map(|c| c.0)),
+                )
+                .await?,
+            );
+        }
+        if !wanted.claim_tokens.is_empty() {
+            claim_rows.extend(
+                select_in(
+                    conn,
+                    &select_claims,
+                    "token_hash",
+                    bytes(wanted.claim_tokens.iter().map(|d| d.0)),
+                )
+                .await?,
+            );
+        }
+        if !wanted.claim_server_keys.is_empty() {
+            claim_rows.extend(
+                select_in(
+                    conn,
+                    &select_claims,
+                    "server_public_key",
+                    bytes(wanted.claim_server_keys.iter().map(|k| k.0)),
+                )
+                .await?,
+            );
+        }
+        for row in claim_rows {
+            let claim = projection::claim_from_row(&row, 1)?;
+            overlay.index_claim(ClaimId(row.array(0)?), &claim.credential);
+            overlay.state.claims.insert(ClaimId(row.array(0)?), claim);
+        }
+        if !wanted.submissions.is_empty() {
+            let select = format!("SELECT id, {SUBMISSION_COLUMNS} FROM submissions");
+            for row in select_in(
+                conn,
+                &select,
+                "id",
+                bytes(wanted.submissions.iter().map(|s| s.0)),
+            )
+            .await?
+            {
+                overlay.state.submissions.insert(
+                    TrackingId(row.array(0)?),
+                    projection::submission_from_row(&row, 1)?,
+                );
+            }
+        }
+        if !wanted.keys.is_empty() {
+            let select = "SELECT key_data, rolling_start, rolling_period, transmission_risk, submission FROM keys";
+            for row in select_in(
+                conn,
+                select,
+                "key_data",
+                bytes(wanted.keys.iter().map(|k| k.0)),
+            )
+            .await?
+            {
+                let key = StoredKey {
+                    key_data: KeyData(row.array(0)?),
+                    rolling_start: row.int(1)? as u32,
+                    rolling_period: row.int(2)? as u32,
+                    transmission_risk: row.int(3)? as u8,
+                };
+                overlay.state.keys.insert(
+                    key.key_data,
+                    KeyRecord {
+                        key,
+                        submission: TrackingId(row.array(4)?),
+                    },
+                );
+            }
+        }
+        // Providers named directly, or owning a loaded code or claim.
+        let mut ids = wanted.providers;
+        ids.extend(overlay.state.codes.values().map(|c| c.provider));
+        ids.extend(overlay.state.claims.values().map(|c| c.provider));
+        if !ids.is_empty() {
+            provider_rows.extend(
+                select_in(
+                    conn,
+                    &select_providers,
+                    "id",
+                    bytes(ids.iter().map(|p| p.0)),
+                )
+                .await?,
+            );
+        }
+        for row in provider_rows {
+            let provider = projection::provider_from_row(&row, 1)?;
+            overlay
+                .provider_by_token
+                .insert(provider.token_hash, ProviderId(row.array(0)?));
+            overlay
+                .state
+                .providers
+                .insert(ProviderId(row.array(0)?), provider);
+        }
+        Ok(overlay)
+    }
+
+    fn index_claim(&mut self, id: ClaimId, credential: &Credential) {
+        match credential {
+            Credential::UploadToken { token_hash } => {
+                self.claim_by_token.insert(*token_hash, id);
+            }
+            Credential::CovidShield {
+                app_public_key,
+                server_public_key,
+                ..
+            } => {
+                self.claim_by_server_key.insert(*server_public_key, id);
+                self.claim_by_app_key.insert(*app_public_key);
+            }
+        }
+    }
+
+    /// Folds an event in and remembers which rows it changed.
+    pub fn apply(&mut self, event: &Event) {
+        self.state.apply(event);
+        match event {
+            Event::ProviderRegistered {
+                provider,
+                token_hash,
+                ..
+            } => {
+                self.provider_by_token.insert(*token_hash, *provider);
+                self.dirty_providers.insert(*provider);
+            }
+            Event::ProviderSuspended { provider } | Event::ProviderReinstated { provider } => {
+                self.dirty_providers.insert(*provider);
+            }
+            Event::CodeIssued { code_hash, .. } => {
+                self.dirty_codes.insert(*code_hash);
+            }
+            Event::CodeRedeemed {
+                code_hash,
+                claim,
+                credential,
+                ..
+            } => {
+                self.dirty_codes.insert(*code_hash);
+                self.dirty_claims.insert(*claim);
+                self.index_claim(*claim, credential);
+            }
+            Event::KeysSubmitted {
+                submission,
+                claim,
+                keys,
+                ..
+            } => {
+                self.dirty_claims.insert(*claim);
+                self.dirty_submissions.insert(*submission);
+                self.dirty_keys.extend(keys.iter().map(|k| k.key_data));
+            }
+        }
+    }
+
+    /// Writes every changed row back, parents before children.
+    pub async fn write_back(&self, conn: &mut Conn) -> Result<(), sqlx::Error> {
+        let s = &self.state;
+        upsert(
+            conn,
+            "providers",
+            "id",
+            &["id", "name", "region", "token_hash", "suspended"],
+            self.dirty_providers.iter().filter_map(|id| {
+                s.providers.get(id).map(|p| {
+                    vec![
+                        id.0.into(),
+                        p.name.as_str().into(),
+                        p.region.as_str().into(),
+                        p.token_hash.0.into(),
+                        p.suspended.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        upsert(
+            conn,
+            "codes",
+            "code_hash",
+            &["code_hash", "provider", "format", "expires_at", "redeemed"],
+            self.dirty_codes.iter().filter_map(|h| {
+                s.codes.get(h).map(|c| {
+                    vec![
+                        h.0.into(),
+                        c.provider.0.into(),
+                        c.format.name().into(),
+                        c.expires_at.into(),
+                        c.redeemed.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        upsert(
+            conn,
+            "claims",
+            "id",
+            &[
+                "id",
+                "provider",
+                "region",
+                "expires_at",
+                "budget_remaining",
+                "token_hash",
+                "app_public_key",
+                "server_public_key",
+                "server_secret_key",
+            ],
+            self.dirty_claims.iter().filter_map(|id| {
+                s.claims.get(id).map(|c| {
+                    let (token, app, public, secret) = match &c.credential {
+                        Credential::UploadToken { token_hash } => {
+                            (Some(token_hash.0), None, None, None)
+                        }
+                        Credential::CovidShield {
+                            app_public_key,
+                            server_public_key,
+                            server_secret_key,
+                        } => (
+                            None,
+                            Some(app_public_key.0),
+                            Some(server_public_key.0),
+                            Some(server_secret_key.0),
+                        ),
+                    };
+                    vec![
+                        id.0.into(),
+                        c.provider.0.into(),
+                        c.region.as_str().into(),
+                        c.expires_at.into(),
+                        c.budget_remaining.into(),
+                        token.into(),
+                        app.into(),
+                        public.into(),
+                        secret.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        upsert(
+            conn,
+            "submissions",
+            "id",
+            &[
+                "id", "claim", "provider", "region", "hour", "inserted", "skipped", "dropped",
+            ],
+            self.dirty_submissions.iter().filter_map(|id| {
+                s.submissions.get(id).map(|x| {
+                    vec![
+                        id.0.into(),
+                        x.claim.0.into(),
+                        x.provider.0.into(),
+                        x.region.as_str().into(),
+                        x.hour.into(),
+                        x.inserted.into(),
+                        x.skipped.into(),
+                        x.dropped.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        upsert(
+            conn,
+            "keys",
+            "key_data",
+            &[
+                "key_data",
+                "rolling_start",
+                "rolling_period",
+                "transmission_risk",
+                "submission",
+            ],
+            self.dirty_keys.iter().filter_map(|k| {
+                s.keys.get(k).map(|r| {
+                    vec![
+                        k.0.into(),
+                        r.key.rolling_start.into(),
+                        r.key.rolling_period.into(),
+                        u32::from(r.key.transmission_risk).into(),
+                        r.submission.0.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Multi-row `INSERT … ON CONFLICT (key) DO UPDATE`, in chunks.
+async fn upsert(
+    conn: &mut Conn,
+    table: &str,
+    key: &str,
+    columns: &[&str],
+    rows: impl Iterator<Item = Vec<Value>>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<Vec<Value>> = rows.collect();
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|c| **c != key)
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    for chunk in rows.chunks((MAX_PARAMS / columns.len()).max(1)) {
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({key}) DO UPDATE SET {}",
+            columns.join(", "),
+            placeholders(chunk.len(), columns.len()),
+            updates.join(", ")
+        );
+        let params: Vec<Value> = chunk.iter().flatten().cloned().collect();
+        conn.execute(&sql, &params).await?;
+    }
+    Ok(())
+}
+
+/// Appends events in order, in chunks.
+pub async fn append_events(conn: &mut Conn, events: &[Event]) -> Result<(), sqlx::Error> {
+    for chunk in events.chunks(1000) {
+        let sql = format!(
+            "INSERT INTO events (payload) VALUES {}",
+            placeholders(chunk.len(), 1)
+        );
+        let params: Vec<Value> = chunk.iter().map(|e| Value::Text(e.encode())).collect();
+        conn.execute(&sql, &params).await?;
+    }
+    Ok(())
+}
