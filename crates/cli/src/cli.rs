@@ -206,7 +206,7 @@ pub enum BenchCommand {
     /// submissions/s and latency, with group commit and with one commit per request
     Submit {
         /// Concurrent clients
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 256)]
         clients: usize,
         /// Submissions per run
         #[arg(long, default_value_t = 4000)]

@@ -18,7 +18,22 @@ struct Entry {
 }
 
 pub struct Lockout {
-    entries: Mutex<HashMap<Digest, Entry>>,
+    entries: Mutex<Entries>,
+}
+
+struct Entries {
+    by_address: HashMap<Digest, Entry>,
+    last_purge: u64,
+}
+
+impl Entries {
+    /// Forgets counters whose last failure is an hour old, at most once a minute.
+    fn purge(&mut self, now: u64) {
+        if now >= self.last_purge + 60 {
+            self.by_address.retain(|_, e| now < e.last_failure + BAN_SECONDS);
+            self.last_purge = now;
+        }
+    }
 }
 
 /// Where an address stands.
@@ -32,7 +47,10 @@ pub struct Standing {
 impl Lockout {
     pub fn new() -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                by_address: HashMap::new(),
+                last_purge: 0,
+            }),
         }
     }
 
@@ -54,17 +72,22 @@ impl Lockout {
     }
 
     pub fn standing(&self, address: &Digest, now: u64) -> Standing {
-        let entries = self.entries.lock().expect("lockout lock");
-        Self::standing_of(entries.get(address), now)
+        let mut entries = self.entries.lock().expect("lockout lock");
+        entries.purge(now);
+        Self::standing_of(entries.by_address.get(address), now)
+    }
+
+    /// Addresses with a live counter.
+    #[cfg(test)]
+    pub fn tracked(&self) -> usize {
+        self.entries.lock().expect("lockout lock").by_address.len()
     }
 
     /// Records a wrong code and returns the new standing.
     pub fn fail(&self, address: Digest, now: u64) -> Standing {
         let mut entries = self.entries.lock().expect("lockout lock");
-        if entries.len() > 100_000 {
-            entries.retain(|_, e| now < e.last_failure + BAN_SECONDS);
-        }
-        let entry = entries.entry(address).or_insert(Entry {
+        entries.purge(now);
+        let entry = entries.by_address.entry(address).or_insert(Entry {
             failures: 0,
             last_failure: now,
         });
@@ -77,7 +100,7 @@ impl Lockout {
     }
 
     pub fn succeed(&self, address: &Digest) {
-        self.entries.lock().expect("lockout lock").remove(address);
+        self.entries.lock().expect("lockout lock").by_address.remove(address);
     }
 }
 
@@ -114,5 +137,17 @@ mod tests {
         lockout.fail(who, 5000);
         lockout.succeed(&who);
         assert_eq!(lockout.standing(&who, 5001).tries_remaining, 8);
+    }
+
+    #[test]
+    fn counters_are_forgotten_after_an_hour() {
+        let lockout = Lockout::new();
+        lockout.fail(Digest([1; 32]), 1000);
+        lockout.fail(Digest([2; 32]), 2000);
+        assert_eq!(lockout.tracked(), 2);
+        lockout.standing(&Digest([3; 32]), 1000 + BAN_SECONDS);
+        assert_eq!(lockout.tracked(), 1, "the first address's counter is an hour old");
+        lockout.standing(&Digest([3; 32]), 2000 + BAN_SECONDS);
+        assert_eq!(lockout.tracked(), 0);
     }
 }
