@@ -30,7 +30,8 @@ impl Entries {
     /// Forgets counters whose last failure is an hour old, at most once a minute.
     fn purge(&mut self, now: u64) {
         if now >= self.last_purge + 60 {
-            self.by_address.retain(|_, e| now < e.last_failure + BAN_SECONDS);
+            self.by_address
+                .retain(|_, e| now < e.last_failure + BAN_SECONDS);
             self.last_purge = now;
         }
     }
@@ -100,7 +101,11 @@ impl Lockout {
     }
 
     pub fn succeed(&self, address: &Digest) {
-        self.entries.lock().expect("lockout lock").by_address.remove(address);
+        self.entries
+            .lock()
+            .expect("lockout lock")
+            .by_address
+            .remove(address);
     }
 }
 
@@ -146,7 +151,11 @@ mod tests {
         lockout.fail(Digest([2; 32]), 2000);
         assert_eq!(lockout.tracked(), 2);
         lockout.standing(&Digest([3; 32]), 1000 + BAN_SECONDS);
-        assert_eq!(lockout.tracked(), 1, "the first address's counter is an hour old");
+        assert_eq!(
+            lockout.tracked(),
+            1,
+            "the first address's counter is an hour old"
+        );
         lockout.standing(&Digest([3; 32]), 2000 + BAN_SECONDS);
         assert_eq!(lockout.tracked(), 0);
     }
