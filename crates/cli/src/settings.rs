@@ -55,8 +55,8 @@ pub struct ServeArgs {
     /// Lifetime of card (printed) codes in seconds [default: 172800]
     #[arg(long, env = "CONFIDANT_CARD_CODE_TTL")]
     pub card_code_ttl: Option<u64>,
-    /// Take the client address from the last X-Forwarded-For entry, as behind a load balancer
-    /// [default: true]
+    /// Take the client address from the last X-Forwarded-For entry. Only behind a load
+    /// balancer that sets it: otherwise clients choose their own address [default: false]
     #[arg(long, env = "CONFIDANT_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: Option<bool>,
     /// Log format: text or json [default: text]

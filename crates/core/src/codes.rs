@@ -198,6 +198,11 @@ impl KeyedHasher {
         self.hash(b"token", token.as_bytes())
     }
 
+    /// The X25519 secret of a COVID Shield claim's server key, derived rather than stored.
+    pub fn box_secret(&self, claim: &[u8; 16]) -> [u8; 32] {
+        self.hash(b"covidshield-box", claim).0
+    }
+
     /// Of a client address, for brute-force counters that must not keep addresses.
     pub fn address(&self, address: &str) -> Digest {
         self.hash(b"address", address.as_bytes())

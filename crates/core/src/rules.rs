@@ -18,6 +18,8 @@ pub const MAX_KEYS_PER_REQUEST: usize = 28;
 pub const CLAIM_LIFETIME_SECONDS: u64 = 15 * 86_400;
 /// Keys that stopped being broadcast longer ago than this are dropped on upload.
 pub const KEY_RETENTION_DAYS: u32 = 14;
+/// A phone's clock may run this far ahead: its new day's key may start this early.
+pub const CLOCK_SKEW_INTERVALS: u32 = 6;
 /// The shortest custom code lifetime a provider may ask for.
 pub const MIN_CODE_TTL_SECONDS: u64 = 60;
 const INTERVALS_PER_DAY: u32 = 144;
@@ -43,6 +45,8 @@ pub enum DomainError {
     InvalidClaim,
     #[error("the app key does not match the one registered when the code was claimed")]
     AppKeyMismatch,
+    #[error("this app key is already registered to another claim")]
+    AppKeyRegistered,
     #[error("the request contains no keys")]
     NoKeys,
     #[error("at most {MAX_KEYS_PER_REQUEST} keys per request, got {0}")]
@@ -144,7 +148,8 @@ pub fn redeem_code(
         claim,
         provider: code.provider,
         region: provider.region.clone(),
-        expires_at: now + CLAIM_LIFETIME_SECONDS,
+        // Rounded up to the hour, so the log does not keep the redemption time to the second.
+        expires_at: (now + CLAIM_LIFETIME_SECONDS).div_ceil(3600) * 3600,
         key_budget: KEY_BUDGET,
         credential,
     })
@@ -204,7 +209,7 @@ pub fn validate_keys(raw: &[RawKey], now: UnixSeconds) -> Result<Vec<StoredKey>,
     if let Some((index, key)) = keys
         .iter()
         .enumerate()
-        .find(|(_, k)| k.rolling_start > now_interval)
+        .find(|(_, k)| k.rolling_start > now_interval + CLOCK_SKEW_INTERVALS)
     {
         return Err(DomainError::KeyFromFuture {
             index,
@@ -337,8 +342,14 @@ mod tests {
             Err(DomainError::KeysSpanTooLong)
         );
         assert!(validate_keys(&[raw(1, 0), raw(2, 14)], NOW).is_ok());
-        let mut future = raw(3, 0);
-        future.rolling_start += 144;
+        let mut skewed = raw(3, 0);
+        skewed.rolling_start = i64::from((NOW / 600) as u32 + CLOCK_SKEW_INTERVALS);
+        assert!(
+            validate_keys(&[skewed.clone()], NOW).is_ok(),
+            "an hour of clock skew is fine"
+        );
+        let mut future = skewed;
+        future.rolling_start += 1;
         assert!(matches!(
             validate_keys(&[future], NOW),
             Err(DomainError::KeyFromFuture { index: 0, .. })

@@ -35,11 +35,12 @@ pub struct Code {
 pub enum Credential {
     /// Native API: a bearer token, stored as its keyed hash.
     UploadToken { token_hash: Digest },
-    /// COVID Shield: uploads are NaCl boxes from the app key to the per-claim server key.
+    /// COVID Shield: uploads are NaCl boxes from the app key to the per-claim server key. The
+    /// server's secret half is derived from the server secret and the claim id
+    /// ([`crate::KeyedHasher::box_secret`]), never stored: a copy of the log cannot forge uploads.
     CovidShield {
         app_public_key: Key32,
         server_public_key: Key32,
-        server_secret_key: Key32,
     },
 }
 

@@ -30,7 +30,7 @@ use crate::lockout::Standing;
 
 const CLAIM_BODY_LIMIT: usize = 256;
 const UPLOAD_BODY_LIMIT: usize = 1024;
-const TIMESTAMP_TOLERANCE_SECONDS: i64 = 3600;
+const TIMESTAMP_TOLERANCE_SECONDS: u64 = 3600;
 
 /// Wire messages of `../shared/proto/covidshield.proto`.
 pub mod proto {
@@ -156,7 +156,7 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/upload",
             post(upload)
-                .fallback(method_not_allowed)
+                .fallback(upload_method_not_allowed)
                 .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT)),
         )
 }
@@ -168,6 +168,11 @@ fn text(status: StatusCode, body: &'static str) -> Response {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// `/upload` answers everything with an `EncryptedUploadResponse`, wrong methods included.
+async fn upload_method_not_allowed() -> Response {
+    upload_response(StatusCode::METHOD_NOT_ALLOWED, UploadError::Unknown)
 }
 
 async fn method_not_allowed() -> Response {
@@ -282,13 +287,7 @@ async fn claim_key(
     let now = state.now();
     let address = state.hasher.address(&state.client_address(peer, &headers));
     let standing = state.lockout.standing(&address, now);
-    let request = body
-        .ok()
-        .and_then(|b| proto::KeyClaimRequest::decode(b).ok())
-        .and_then(|r| Some((r.one_time_code?, r.app_public_key?)));
-    let Some((code, app_key)) = request else {
-        return claim_response(StatusCode::BAD_REQUEST, ClaimError::Unknown, standing, None);
-    };
+    // A banned address gets the ban whatever it sends.
     if standing.banned_for > 0 {
         return claim_response(
             StatusCode::TOO_MANY_REQUESTS,
@@ -297,6 +296,13 @@ async fn claim_key(
             None,
         );
     }
+    let request = body
+        .ok()
+        .and_then(|b| proto::KeyClaimRequest::decode(b).ok())
+        .and_then(|r| Some((r.one_time_code?, r.app_public_key?)));
+    let Some((code, app_key)) = request else {
+        return claim_response(StatusCode::BAD_REQUEST, ClaimError::Unknown, standing, None);
+    };
     let Ok(app_key) = <[u8; 32]>::try_from(app_key.as_slice()).map(Key32) else {
         return claim_response(
             StatusCode::BAD_REQUEST,
@@ -324,8 +330,19 @@ async fn claim_key(
             );
         }
     }
-    let wrong_code = || {
-        let standing = state.lockout.fail(address, now);
+    let attempt = match state.lockout.begin(address, now) {
+        Ok(attempt) => attempt,
+        Err(standing) => {
+            return claim_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                ClaimError::TemporaryBan,
+                standing,
+                None,
+            );
+        }
+    };
+    let wrong_code = |attempt: crate::lockout::Attempt| {
+        let standing = attempt.fail(now);
         claim_response(
             StatusCode::UNAUTHORIZED,
             ClaimError::InvalidOneTimeCode,
@@ -334,30 +351,23 @@ async fn claim_key(
         )
     };
     let Ok(normalized) = normalize_code(&code) else {
-        return wrong_code();
-    };
-    let server_secret = SecretKey::generate(&mut OsRng);
-    let server_public = server_secret.public_key();
-    let credential = Credential::CovidShield {
-        app_public_key: app_key,
-        server_public_key: Key32(*server_public.as_bytes()),
-        server_secret_key: Key32(server_secret.to_bytes()),
+        return wrong_code(attempt);
     };
     let mut claim = [0u8; 16];
     OsRng.fill_bytes(&mut claim);
+    let claim = ClaimId(claim);
+    let server_public = PublicKey::from(&SecretKey::from(state.hasher.box_secret(&claim.0)));
+    let credential = Credential::CovidShield {
+        app_public_key: app_key,
+        server_public_key: Key32(*server_public.as_bytes()),
+    };
     match state
         .store
-        .redeem_code(
-            state.hasher.code(&normalized),
-            ClaimId(claim),
-            credential,
-            now,
-        )
+        .redeem_code(state.hasher.code(&normalized), claim, credential, now)
         .await
     {
         Ok(_) => {
-            state.lockout.succeed(&address);
-            let fresh = state.lockout.standing(&address, now);
+            let fresh = attempt.succeed(now);
             claim_response(
                 StatusCode::OK,
                 ClaimError::None,
@@ -365,7 +375,13 @@ async fn claim_key(
                 Some(server_public.as_bytes().to_vec()),
             )
         }
-        Err(StoreError::Domain(DomainError::InvalidCode)) => wrong_code(),
+        Err(StoreError::Domain(DomainError::InvalidCode)) => wrong_code(attempt),
+        Err(StoreError::Domain(DomainError::AppKeyRegistered)) => claim_response(
+            StatusCode::UNAUTHORIZED,
+            ClaimError::InvalidKey,
+            standing,
+            None,
+        ),
         Err(e) => {
             tracing::error!(error = %e, "storage failure claiming a code");
             claim_response(
@@ -424,7 +440,7 @@ async fn handle_upload(
     let now = state.now();
     let unauthorized = (StatusCode::UNAUTHORIZED, UploadError::InvalidKeypair);
     let server_error = (StatusCode::INTERNAL_SERVER_ERROR, UploadError::ServerError);
-    let (_, claim) = match state.store.claim_by_server_key(server_key).await {
+    let (claim_id, claim) = match state.store.claim_by_server_key(server_key).await {
         Ok(Some(found)) if now < found.1.expires_at => found,
         Ok(_) => return Err(unauthorized),
         Err(_) => return Err(server_error),
@@ -434,21 +450,15 @@ async fn handle_upload(
     let app_key = <[u8; 32]>::try_from(app_key.as_slice())
         .map(Key32)
         .map_err(|_| bad(UploadError::InvalidCryptoParameters))?;
-    let Credential::CovidShield {
-        app_public_key,
-        server_secret_key,
-        ..
-    } = &claim.credential
-    else {
+    let Credential::CovidShield { app_public_key, .. } = &claim.credential else {
         return Err(unauthorized);
     };
     if *app_public_key != app_key {
         return Err(unauthorized);
     }
-    let sealed = SalsaBox::new(
-        &PublicKey::from(app_key.0),
-        &SecretKey::from(server_secret_key.0),
-    );
+    // The per-claim secret is derived from the server secret, never stored.
+    let server_secret = SecretKey::from(state.hasher.box_secret(&claim_id.0));
+    let sealed = SalsaBox::new(&PublicKey::from(app_key.0), &server_secret);
     let plaintext = sealed
         .decrypt(&nonce.into(), payload.as_slice())
         .map_err(|_| bad(UploadError::DecryptionFailed))?;
@@ -461,7 +471,8 @@ async fn handle_upload(
     if upload.keys.len() > MAX_KEYS_PER_REQUEST {
         return Err(bad(UploadError::TooManyKeys));
     }
-    if (timestamp.seconds - now as i64).abs() > TIMESTAMP_TOLERANCE_SECONDS {
+    // The timestamp is the client's: compare without arithmetic that could overflow.
+    if timestamp.seconds.abs_diff(now as i64) > TIMESTAMP_TOLERANCE_SECONDS {
         return Err(bad(UploadError::InvalidTimestamp));
     }
     let raw: Vec<RawKey> = upload

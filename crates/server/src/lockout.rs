@@ -2,9 +2,12 @@
 //! 8 consecutive wrong codes ban the address for an hour after the last failure; a success
 //! resets the count; counters older than an hour are forgotten. Addresses are kept only as
 //! keyed hashes, in memory.
+//!
+//! A try is reserved before the code is checked ([`Lockout::begin`]) and counts against the
+//! limit while it is in flight, so a burst of concurrent guesses cannot slip past the ban.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use confidant_core::Digest;
 
@@ -15,6 +18,8 @@ pub const BAN_SECONDS: u64 = 3600;
 struct Entry {
     failures: u32,
     last_failure: u64,
+    /// Tries reserved and not yet decided.
+    in_flight: u32,
 }
 
 pub struct Lockout {
@@ -31,7 +36,7 @@ impl Entries {
     fn purge(&mut self, now: u64) {
         if now >= self.last_purge + 60 {
             self.by_address
-                .retain(|_, e| now < e.last_failure + BAN_SECONDS);
+                .retain(|_, e| e.in_flight > 0 || now < e.last_failure + BAN_SECONDS);
             self.last_purge = now;
         }
     }
@@ -84,28 +89,78 @@ impl Lockout {
         self.entries.lock().expect("lockout lock").by_address.len()
     }
 
-    /// Records a wrong code and returns the new standing.
-    pub fn fail(&self, address: Digest, now: u64) -> Standing {
+    /// Reserves a try for `address`; `Err` with the standing when the address is banned or
+    /// its remaining tries are all in flight.
+    pub fn begin(self: &Arc<Self>, address: Digest, now: u64) -> Result<Attempt, Standing> {
         let mut entries = self.entries.lock().expect("lockout lock");
         entries.purge(now);
         let entry = entries.by_address.entry(address).or_insert(Entry {
             failures: 0,
             last_failure: now,
+            in_flight: 0,
         });
         if now >= entry.last_failure + BAN_SECONDS {
             entry.failures = 0;
         }
-        entry.failures += 1;
-        entry.last_failure = now;
-        Self::standing_of(Some(entry), now)
+        if entry.failures + entry.in_flight >= MAX_FAILURES {
+            return Err(Self::standing_of(Some(entry), now));
+        }
+        entry.in_flight += 1;
+        Ok(Attempt {
+            lockout: Arc::clone(self),
+            address,
+            decided: false,
+        })
     }
 
-    pub fn succeed(&self, address: &Digest) {
-        self.entries
-            .lock()
-            .expect("lockout lock")
-            .by_address
-            .remove(address);
+    fn finish(&self, address: &Digest, now: u64, outcome: Option<bool>) -> Standing {
+        let mut entries = self.entries.lock().expect("lockout lock");
+        let Some(entry) = entries.by_address.get_mut(address) else {
+            return Self::standing_of(None, now);
+        };
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        match outcome {
+            Some(true) => entry.failures = 0,
+            Some(false) => {
+                entry.failures += 1;
+                entry.last_failure = now;
+            }
+            None => {}
+        }
+        let standing = Self::standing_of(Some(entry), now);
+        if entry.failures == 0 && entry.in_flight == 0 {
+            entries.by_address.remove(address);
+        }
+        standing
+    }
+}
+
+/// A reserved try; dropping it undecided (an error, a cancelled request) just releases it.
+pub struct Attempt {
+    lockout: Arc<Lockout>,
+    address: Digest,
+    decided: bool,
+}
+
+impl Attempt {
+    /// A wrong code: returns the new standing.
+    pub fn fail(mut self, now: u64) -> Standing {
+        self.decided = true;
+        self.lockout.finish(&self.address, now, Some(false))
+    }
+
+    /// A right code: the count starts over.
+    pub fn succeed(mut self, now: u64) -> Standing {
+        self.decided = true;
+        self.lockout.finish(&self.address, now, Some(true))
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.lockout.finish(&self.address, 0, None);
+        }
     }
 }
 
@@ -115,15 +170,16 @@ mod tests {
 
     #[test]
     fn eight_failures_ban_for_an_hour_after_the_last() {
-        let lockout = Lockout::new();
+        let lockout = Arc::new(Lockout::new());
         let who = Digest([1; 32]);
         for i in 1..MAX_FAILURES {
+            let attempt = lockout.begin(who, 100 + u64::from(i)).expect("allowed");
             assert_eq!(
-                lockout.fail(who, 100 + u64::from(i)).tries_remaining,
+                attempt.fail(100 + u64::from(i)).tries_remaining,
                 MAX_FAILURES - i
             );
         }
-        let banned = lockout.fail(who, 200);
+        let banned = lockout.begin(who, 200).expect("eighth try").fail(200);
         assert_eq!(
             banned,
             Standing {
@@ -131,6 +187,7 @@ mod tests {
                 banned_for: BAN_SECONDS
             }
         );
+        assert!(lockout.begin(who, 200 + 3599).is_err());
         assert_eq!(lockout.standing(&who, 200 + 3599).banned_for, 1);
         assert_eq!(
             lockout.standing(&who, 200 + 3600),
@@ -139,16 +196,40 @@ mod tests {
                 banned_for: 0
             }
         );
-        lockout.fail(who, 5000);
-        lockout.succeed(&who);
+        lockout.begin(who, 5000).expect("new hour").fail(5000);
+        lockout.begin(who, 5001).expect("allowed").succeed(5001);
         assert_eq!(lockout.standing(&who, 5001).tries_remaining, 8);
     }
 
     #[test]
+    fn concurrent_tries_count_while_in_flight_and_are_released() {
+        let lockout = Arc::new(Lockout::new());
+        let who = Digest([2; 32]);
+        let held: Vec<Attempt> = (0..MAX_FAILURES)
+            .map(|_| lockout.begin(who, 10).expect("reserved"))
+            .collect();
+        assert!(
+            lockout.begin(who, 10).is_err(),
+            "a ninth concurrent guess must wait"
+        );
+        drop(held);
+        assert!(
+            lockout.begin(who, 10).is_ok(),
+            "undecided tries are released"
+        );
+    }
+
+    #[test]
     fn counters_are_forgotten_after_an_hour() {
-        let lockout = Lockout::new();
-        lockout.fail(Digest([1; 32]), 1000);
-        lockout.fail(Digest([2; 32]), 2000);
+        let lockout = Arc::new(Lockout::new());
+        lockout
+            .begin(Digest([1; 32]), 1000)
+            .expect("try")
+            .fail(1000);
+        lockout
+            .begin(Digest([2; 32]), 2000)
+            .expect("try")
+            .fail(2000);
         assert_eq!(lockout.tracked(), 2);
         lockout.standing(&Digest([3; 32]), 1000 + BAN_SECONDS);
         assert_eq!(

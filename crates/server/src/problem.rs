@@ -75,6 +75,7 @@ impl From<DomainError> for Problem {
             InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
             InvalidClaim => (StatusCode::UNAUTHORIZED, "invalid_upload_token"),
             AppKeyMismatch => (StatusCode::UNAUTHORIZED, "app_key_mismatch"),
+            AppKeyRegistered => (StatusCode::UNAUTHORIZED, "app_key_registered"),
             NoKeys => (StatusCode::BAD_REQUEST, "no_keys"),
             TooManyKeysInRequest(_) => (StatusCode::BAD_REQUEST, "too_many_keys_in_request"),
             InvalidKey { .. } => (StatusCode::BAD_REQUEST, "invalid_key"),

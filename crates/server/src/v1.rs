@@ -165,17 +165,16 @@ async fn verify(
     let request: VerifyRequest = json_body(body, None)?;
     let now = state.now();
     let address = state.hasher.address(&state.client_address(peer, &headers));
-    let standing = state.lockout.standing(&address, now);
-    if standing.banned_for > 0 {
-        return Err(Problem::new(
+    let normalized =
+        normalize_code(&request.code).map_err(|why| Problem::bad_request("malformed_code", why))?;
+    let attempt = state.lockout.begin(address, now).map_err(|standing| {
+        Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
             "too many wrong codes from this address; try again later",
         )
-        .retry_after(standing.banned_for));
-    }
-    let normalized =
-        normalize_code(&request.code).map_err(|why| Problem::bad_request("malformed_code", why))?;
+        .retry_after(standing.banned_for.max(1))
+    })?;
     let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let credential = Credential::UploadToken {
         token_hash: state.hasher.token(&token),
@@ -191,14 +190,14 @@ async fn verify(
         .await
     {
         Ok((expires_at, key_budget)) => {
-            state.lockout.succeed(&address);
+            attempt.succeed(now);
             Ok(axum::Json(
                 json!({"token": token, "expiresAt": rfc3339(expires_at), "keyBudget": key_budget}),
             )
             .into_response())
         }
         Err(StoreError::Domain(DomainError::InvalidCode)) => {
-            let standing = state.lockout.fail(address, now);
+            let standing = attempt.fail(now);
             Err(Problem::from(DomainError::InvalidCode)
                 .with("triesRemaining", standing.tries_remaining))
         }

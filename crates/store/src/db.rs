@@ -334,6 +334,15 @@ impl Conn {
         self.execute_script("COMMIT").await
     }
 
+    /// Closes the connection instead of returning it to the pool: after a failure it may still
+    /// be inside a transaction (and, on PostgreSQL, hold the writers' lock).
+    pub async fn close(self) {
+        let _ = match self {
+            Self::Sqlite(conn) => conn.close().await,
+            Self::Postgres(conn) => conn.close().await,
+        };
+    }
+
     /// Best effort: a failed rollback leaves the connection to be discarded by the caller.
     pub async fn rollback(&mut self) -> Result<(), sqlx::Error> {
         self.execute_script("ROLLBACK").await

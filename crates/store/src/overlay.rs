@@ -42,6 +42,7 @@ pub struct Wanted {
     pub claims: BTreeSet<ClaimId>,
     pub claim_tokens: BTreeSet<Digest>,
     pub claim_server_keys: BTreeSet<Key32>,
+    pub claim_app_keys: BTreeSet<Key32>,
     pub submissions: BTreeSet<TrackingId>,
     pub keys: BTreeSet<KeyData>,
 }
@@ -160,6 +161,17 @@ impl Overlay {
                     &select_claims,
                     "server_public_key",
                     bytes(wanted.claim_server_keys.iter().map(|k| k.0)),
+                )
+                .await?,
+            );
+        }
+        if !wanted.claim_app_keys.is_empty() {
+            claim_rows.extend(
+                select_in(
+                    conn,
+                    &select_claims,
+                    "app_public_key",
+                    bytes(wanted.claim_app_keys.iter().map(|k| k.0)),
                 )
                 .await?,
             );
@@ -347,24 +359,15 @@ impl Overlay {
                 "token_hash",
                 "app_public_key",
                 "server_public_key",
-                "server_secret_key",
             ],
             self.dirty_claims.iter().filter_map(|id| {
                 s.claims.get(id).map(|c| {
-                    let (token, app, public, secret) = match &c.credential {
-                        Credential::UploadToken { token_hash } => {
-                            (Some(token_hash.0), None, None, None)
-                        }
+                    let (token, app, public) = match &c.credential {
+                        Credential::UploadToken { token_hash } => (Some(token_hash.0), None, None),
                         Credential::CovidShield {
                             app_public_key,
                             server_public_key,
-                            server_secret_key,
-                        } => (
-                            None,
-                            Some(app_public_key.0),
-                            Some(server_public_key.0),
-                            Some(server_secret_key.0),
-                        ),
+                        } => (None, Some(app_public_key.0), Some(server_public_key.0)),
                     };
                     vec![
                         id.0.into(),
@@ -375,7 +378,6 @@ impl Overlay {
                         token.into(),
                         app.into(),
                         public.into(),
-                        secret.into(),
                     ]
                 })
             }),

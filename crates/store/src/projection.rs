@@ -60,7 +60,6 @@ pub fn claim_from_row(row: &Row, first: usize) -> Result<Claim, sqlx::Error> {
         None => Credential::CovidShield {
             app_public_key: Key32(row.array(first + 5)?),
             server_public_key: Key32(row.array(first + 6)?),
-            server_secret_key: Key32(row.array(first + 7)?),
         },
     };
     Ok(Claim {
@@ -71,7 +70,8 @@ pub fn claim_from_row(row: &Row, first: usize) -> Result<Claim, sqlx::Error> {
         credential,
     })
 }
-pub const CLAIM_COLUMNS: &str = "provider, region, expires_at, budget_remaining, token_hash, app_public_key, server_public_key, server_secret_key";
+pub const CLAIM_COLUMNS: &str =
+    "provider, region, expires_at, budget_remaining, token_hash, app_public_key, server_public_key";
 
 pub fn submission_from_row(row: &Row, first: usize) -> Result<Submission, sqlx::Error> {
     Ok(Submission {

@@ -29,9 +29,8 @@ CREATE TABLE claims (
     expires_at INTEGER NOT NULL,
     budget_remaining INTEGER NOT NULL,
     token_hash BLOB UNIQUE,
-    app_public_key BLOB,
-    server_public_key BLOB UNIQUE,
-    server_secret_key BLOB
+    app_public_key BLOB UNIQUE,
+    server_public_key BLOB UNIQUE
 );
 CREATE TABLE submissions (
     id BLOB PRIMARY KEY,
@@ -80,9 +79,8 @@ CREATE TABLE claims (
     expires_at BIGINT NOT NULL,
     budget_remaining BIGINT NOT NULL,
     token_hash BYTEA UNIQUE,
-    app_public_key BYTEA,
-    server_public_key BYTEA UNIQUE,
-    server_secret_key BYTEA
+    app_public_key BYTEA UNIQUE,
+    server_public_key BYTEA UNIQUE
 );
 CREATE TABLE submissions (
     id BYTEA PRIMARY KEY,

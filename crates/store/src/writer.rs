@@ -139,8 +139,10 @@ pub(crate) async fn run(pool: Pool, mut jobs: mpsc::Receiver<Job>, max_batch: us
             Ok(results) => results,
             Err(e) => {
                 connection.rollback().await.ok();
-                // Drop a connection that failed mid-transaction; the next batch takes a fresh one.
-                conn = None;
+                // Close a connection that failed mid-transaction; the next batch takes a fresh one.
+                if let Some(failed) = conn.take() {
+                    failed.close().await;
+                }
                 let message = e.to_string();
                 batch
                     .iter()
@@ -177,10 +179,16 @@ impl Write {
                 wanted.codes.insert(*code_hash);
             }
             Write::Redeem {
-                code_hash, claim, ..
+                code_hash,
+                claim,
+                credential,
+                ..
             } => {
                 wanted.codes.insert(*code_hash);
                 wanted.claims.insert(*claim);
+                if let Credential::CovidShield { app_public_key, .. } = credential {
+                    wanted.claim_app_keys.insert(*app_public_key);
+                }
             }
             Write::Submit {
                 lookup,
@@ -322,6 +330,11 @@ fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), Sto
         } => {
             if state.claims.contains_key(claim) {
                 return Err(StoreError::Conflict);
+            }
+            if let Credential::CovidShield { app_public_key, .. } = credential
+                && overlay.claim_by_app_key.contains(app_public_key)
+            {
+                return Err(DomainError::AppKeyRegistered.into());
             }
             let code = state.codes.get(code_hash);
             let issuer = code.and_then(|c| state.providers.get(&c.provider));

@@ -150,6 +150,7 @@ async fn operator_workflow_against_a_running_server() {
             .json()
             .await
             .expect("json");
+        assert!(verified["token"].is_string(), "verify answered {verified}");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("time")

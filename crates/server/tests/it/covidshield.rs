@@ -375,6 +375,9 @@ async fn upload_errors_follow_covid_shields_order_and_store_nothing() {
             ((0..29).map(|s| key(s, 0)).collect(), T0, TOO_MANY_KEYS),
             (vec![key(1, 0)], T0 + 3601, INVALID_TIMESTAMP),
             (vec![key(1, 0)], T0 - 3601, INVALID_TIMESTAMP),
+            // Far-off values must not overflow the comparison.
+            (vec![key(1, 0)], i64::MIN as u64, INVALID_TIMESTAMP),
+            (vec![key(1, 0)], i64::MAX as u64, INVALID_TIMESTAMP),
             (vec![bad_period], T0, INVALID_ROLLING_PERIOD),
             (vec![bad_data], T0, INVALID_KEY_DATA),
             (vec![zero_start], T0, INVALID_RSIN),
@@ -455,6 +458,9 @@ async fn eight_wrong_codes_ban_an_address_for_an_hour() {
         let ban = response.remaining_ban_duration.map(|d| d.seconds);
         assert_eq!(ban, Some(if remaining == 0 { 3600 } else { 0 }));
     }
+    // While banned, even a malformed request gets the ban.
+    let (status, response) = claim_raw(&server, vec![0xff; 10], "203.0.113.5").await;
+    assert_eq!((status, response.error), (429, Some(TEMPORARY_BAN)));
     let code = new_key_claim(&server).await;
     let valid = KeyClaimRequest {
         one_time_code: code.clone(),
@@ -514,6 +520,17 @@ async fn provider_endpoint_speaks_plain_text() {
         .await
         .expect("request");
     assert_eq!(response.headers()["access-control-allow-methods"], "POST");
+    // /upload answers every method with an EncryptedUploadResponse.
+    let response = server
+        .http
+        .get(server.url("/upload"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 405);
+    let body =
+        EncryptedUploadResponse::decode(response.bytes().await.expect("body")).expect("protobuf");
+    assert_eq!(body.error, UNKNOWN);
     let response = server
         .http
         .get(server.url("/services/ping"))

@@ -281,3 +281,62 @@ async fn suspension_stops_codes_and_uploads_until_reinstated() {
         db.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_covid_shield_app_key_claims_once_even_when_racing() {
+    for dialect in BOTH {
+        let db = TestDatabase::create(dialect).await;
+        let a = open(&db).await;
+        let b = open(&db).await;
+        let h = hasher();
+        a.register_provider(
+            ProviderId([1; 8]),
+            "Lab".into(),
+            region("302"),
+            h.token("t"),
+        )
+        .await
+        .expect("register");
+        for round in 0..5u8 {
+            let app_key = confidant_core::Key32([round; 32]);
+            let mut redeems = Vec::new();
+            for n in 0..2u8 {
+                let code = h.code(&format!("app-{round}-{n}"));
+                a.issue_code(
+                    h.token("t"),
+                    CodeFormat::Short,
+                    None,
+                    CodePolicy::default(),
+                    code,
+                    T0,
+                )
+                .await
+                .expect("issue");
+                let store = if n == 0 { a.clone() } else { b.clone() };
+                let credential = Credential::CovidShield {
+                    app_public_key: app_key,
+                    server_public_key: confidant_core::Key32([100 + round * 2 + n; 32]),
+                };
+                let claim = ClaimId([round, n, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+                redeems
+                    .push(async move { store.redeem_code(code, claim, credential, T0 + 1).await });
+            }
+            let second = redeems.pop().expect("two");
+            let first = redeems.pop().expect("two");
+            let (x, y) = tokio::join!(first, second);
+            let wins = [&x, &y].iter().filter(|r| r.is_ok()).count();
+            assert_eq!(wins, 1, "{dialect:?}: {x:?} {y:?}");
+            let loser = if x.is_ok() { y } else { x };
+            assert!(
+                matches!(
+                    loser,
+                    Err(StoreError::Domain(DomainError::AppKeyRegistered))
+                ),
+                "{loser:?}"
+            );
+        }
+        a.close().await;
+        b.close().await;
+        db.finish().await;
+    }
+}
