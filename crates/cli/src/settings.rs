@@ -171,10 +171,12 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
                 .or(file.card_code_ttl)
                 .unwrap_or(defaults.card_ttl_seconds),
         },
+        // Off unless configured: without a proxy that sets the header, clients could pick
+        // their own address and escape the brute-force limit.
         trust_forwarded_for: args
             .trust_forwarded_for
             .or(file.trust_forwarded_for)
-            .unwrap_or(true),
+            .unwrap_or(false),
         json_logs: log_format == "json",
     })
 }

@@ -254,3 +254,25 @@ fn configuration_errors_are_explained() {
     ]));
     assert!(err.contains("no provider has id 0011223344556677"), "{err}");
 }
+
+/// Without `--trust-forwarded-for`, a client cannot escape the brute-force limit by naming a
+/// new address in `X-Forwarded-For` on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_are_not_trusted_by_default() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = serve(data.path(), None);
+    let http = reqwest::Client::new();
+    let mut last = reqwest::StatusCode::OK;
+    for n in 0..9 {
+        last = http
+            .post(format!("{}/v1/verify", server.base))
+            .header("x-forwarded-for", format!("198.51.100.{n}"))
+            .json(&json!({"code": "00000000"}))
+            .send()
+            .await
+            .expect("request")
+            .status();
+    }
+    assert_eq!(last, reqwest::StatusCode::TOO_MANY_REQUESTS);
+    server.stop();
+}
