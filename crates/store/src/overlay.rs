@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use confidant_core::state::KeyRecord;
 use confidant_core::{
-    ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, State, StoredKey, TrackingId,
+    ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, State, TrackingId,
 };
 
 use crate::db::{Conn, Value};
-use crate::projection::{self, CLAIM_COLUMNS, CODE_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS};
+use crate::projection::{
+    self, CLAIM_COLUMNS, CODE_COLUMNS, KEY_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
+};
 
 /// Parameters per statement, well under SQLite's and PostgreSQL's limits.
 const MAX_PARAMS: usize = 30_000;
@@ -198,28 +199,11 @@ impl Overlay {
             }
         }
         if !wanted.keys.is_empty() {
-            let select = "SELECT key_data, rolling_start, rolling_period, transmission_risk, submission FROM keys";
-            for row in select_in(
-                conn,
-                select,
-                "key_data",
-                bytes(wanted.keys.iter().map(|k| k.0)),
-            )
-            .await?
-            {
-                let key = StoredKey {
-                    key_data: KeyData(row.array(0)?),
-                    rolling_start: row.int(1)? as u32,
-                    rolling_period: row.int(2)? as u32,
-                    transmission_risk: row.int(3)? as u8,
-                };
-                overlay.state.keys.insert(
-                    key.key_data,
-                    KeyRecord {
-                        key,
-                        submission: TrackingId(row.array(4)?),
-                    },
-                );
+            let select = format!("SELECT {KEY_COLUMNS} FROM keys");
+            let keys = bytes(wanted.keys.iter().map(|k| k.0));
+            for row in select_in(conn, &select, "key_data", keys).await? {
+                let record = projection::key_record_from_row(&row, 0)?;
+                overlay.state.keys.insert(record.key.key_data, record);
             }
         }
         // Providers named directly, or owning a loaded code or claim.

@@ -86,6 +86,20 @@ pub fn submission_from_row(row: &Row, first: usize) -> Result<Submission, sqlx::
 }
 pub const SUBMISSION_COLUMNS: &str = "claim, provider, region, hour, inserted, skipped, dropped";
 
+pub fn key_record_from_row(row: &Row, first: usize) -> Result<KeyRecord, sqlx::Error> {
+    Ok(KeyRecord {
+        key: StoredKey {
+            key_data: KeyData(row.array(first)?),
+            rolling_start: row.int(first + 1)? as u32,
+            rolling_period: row.int(first + 2)? as u32,
+            transmission_risk: row.int(first + 3)? as u8,
+        },
+        submission: TrackingId(row.array(first + 4)?),
+    })
+}
+pub const KEY_COLUMNS: &str =
+    "key_data, rolling_start, rolling_period, transmission_risk, submission";
+
 /// Reads every projection table into a `State`.
 pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
     let mut state = State::default();
@@ -128,19 +142,11 @@ pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
             .insert(TrackingId(row.array(0)?), submission_from_row(&row, 1)?);
     }
     for row in conn
-        .fetch_all(
-            "SELECT key_data, rolling_start, rolling_period, transmission_risk, submission FROM keys",
-            &[],
-        )
+        .fetch_all(&format!("SELECT {KEY_COLUMNS} FROM keys"), &[])
         .await?
     {
-        let key = StoredKey {
-            key_data: KeyData(row.array(0)?),
-            rolling_start: row.int(1)? as u32,
-            rolling_period: row.int(2)? as u32,
-            transmission_risk: row.int(3)? as u8,
-        };
-        state.keys.insert(key.key_data, KeyRecord { key, submission: TrackingId(row.array(4)?) });
+        let record = key_record_from_row(&row, 0)?;
+        state.keys.insert(record.key.key_data, record);
     }
     Ok(state)
 }
