@@ -17,6 +17,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         EnvFilter::try_from_env("CONFIDANT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a person at a terminal, never in files or log collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if settings.json_logs {
         subscriber.json().init();
