@@ -249,6 +249,41 @@ async fn an_unchanged_covid_shield_app_claims_and_uploads() {
             (200, NONE)
         );
 
+        // A captured upload replayed byte for byte is answered but stores nothing new.
+
+        let captured = sealed(
+            &app,
+            &Upload {
+                timestamp: Timestamp {
+                    seconds: (T0 + 86_400) as i64,
+                    nanos: 0,
+                },
+                keys: vec![key(4, 0)],
+            },
+        )
+        .encode_to_vec();
+
+        let before_replay = server.store.projected_state().await.expect("state");
+
+        assert_eq!(upload_raw(&server, captured.clone()).await, (200, NONE));
+
+        assert_eq!(upload_raw(&server, captured).await, (200, NONE));
+
+        let after_replay = server.store.projected_state().await.expect("state");
+
+        assert_eq!(
+            after_replay.keys, before_replay.keys,
+            "replayed keys are skipped"
+        );
+
+        assert!(
+            after_replay
+                .claims
+                .values()
+                .all(|c| c.budget_remaining == 43 - 4),
+            "and cost no budget"
+        );
+
         let state = server.store.projected_state().await.expect("state");
         assert_eq!(state.keys.len(), 4);
         assert!(
