@@ -21,15 +21,6 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// Row lock for read-modify-write inside a transaction (SQLite locks the whole database
-    /// with `BEGIN IMMEDIATE` instead).
-    pub fn for_update(self) -> &'static str {
-        match self {
-            Self::Sqlite => "",
-            Self::Postgres => " FOR UPDATE",
-        }
-    }
-
     /// Starts a writing transaction that excludes every other writer, in this process or
     /// another, until it ends: the log's order is then the commit order, and what a batch read
     /// cannot change before it commits.

@@ -302,23 +302,6 @@ impl Store {
         }
     }
 
-    pub async fn provider_by_token(
-        &self,
-        token_hash: Digest,
-    ) -> Result<Option<(ProviderId, Provider)>, StoreError> {
-        let mut conn = self.read().await?;
-        let sql = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers WHERE token_hash = $1");
-        Ok(
-            match conn.fetch_optional(&sql, &[token_hash.0.into()]).await? {
-                Some(row) => Some((
-                    ProviderId(row.array(0)?),
-                    projection::provider_from_row(&row, 1)?,
-                )),
-                None => None,
-            },
-        )
-    }
-
     pub async fn providers(&self) -> Result<Vec<(ProviderId, Provider)>, StoreError> {
         let mut conn = self.read().await?;
         let sql = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers ORDER BY name, id");
