@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use confidant_core::CodePolicy;
+use std::collections::BTreeMap;
+
+use confidant_core::{CodePolicy, PublicationPolicy, Region, RetentionPolicy, SmallBatch};
+use confidant_server::{PublishSettings, RegionSettings};
 use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
 
@@ -62,6 +65,25 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "CONFIDANT_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Where published files go: a directory [default: DATA_DIR/published], or with the
+    /// `cloud` build feature s3://BUCKET/PREFIX, gs://…, az://… (credentials from the
+    /// usual AWS_*, GOOGLE_*, AZURE_* environment variables)
+    #[arg(long, env = "CONFIDANT_PUBLISH_TO", value_name = "DIR|URL")]
+    pub publish_to: Option<String>,
+    /// P-256 private key (PEM) that signs published files
+    /// [default: DATA_DIR/signing-key.pem, created on first start]
+    #[arg(long, env = "CONFIDANT_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// COVID Shield retrieval HMAC secret (hex, 32 bytes or more), shared with the apps
+    /// [default: DATA_DIR/retrieval.key, created on first start]
+    #[arg(long, env = "CONFIDANT_RETRIEVAL_SECRET_FILE", value_name = "FILE")]
+    pub retrieval_secret_file: Option<PathBuf>,
+    /// Seconds between the publisher's checks for due windows [default: 30]
+    #[arg(long, env = "CONFIDANT_PUBLISH_EVERY")]
+    pub publish_every: Option<u64>,
+    /// Development mode: adds `POST /dev/clock` to move the server's clock. Never in production
+    #[arg(long)]
+    pub dev: bool,
 }
 
 /// The TOML file: every key optional, names as the long flags with `_`.
@@ -78,6 +100,82 @@ struct FileSettings {
     card_code_ttl: Option<u64>,
     trust_forwarded_for: Option<bool>,
     log_format: Option<String>,
+    publish_to: Option<String>,
+    signing_key: Option<PathBuf>,
+    retrieval_secret_file: Option<PathBuf>,
+    publish_every: Option<u64>,
+    /// Days keys (and their submissions) are kept after their submission hour.
+    key_retention_days: Option<u64>,
+    /// Days published files stay listed and stored after their window.
+    file_retention_days: Option<u64>,
+    /// Days after which events carrying key material are purged from the log.
+    key_event_retention_days: Option<u64>,
+    /// Seconds between retention runs.
+    janitor_interval: Option<u64>,
+    /// Publication settings applying to every region without its own.
+    #[serde(default)]
+    publication: PublicationFile,
+    /// Per-region settings, keyed by region (e.g. "302").
+    #[serde(default)]
+    regions: BTreeMap<String, RegionFile>,
+}
+
+/// Publication rules (`[publication]` or inside a region).
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct PublicationFile {
+    export_period: Option<u64>,
+    feed_period: Option<u64>,
+    embargo_margin: Option<u64>,
+    small_batch: Option<SmallBatch>,
+    max_keys_per_file: Option<usize>,
+    snapshot_every: Option<u64>,
+}
+
+impl PublicationFile {
+    fn over(&self, base: &PublicationPolicy) -> Result<PublicationPolicy> {
+        let policy = PublicationPolicy {
+            export_period: self.export_period.unwrap_or(base.export_period),
+            feed_period: self.feed_period.unwrap_or(base.feed_period),
+            embargo_margin: self.embargo_margin.unwrap_or(base.embargo_margin),
+            small_batch: self.small_batch.unwrap_or(base.small_batch),
+            max_keys_per_file: self.max_keys_per_file.unwrap_or(base.max_keys_per_file),
+            snapshot_every: self.snapshot_every.unwrap_or(base.snapshot_every),
+        };
+        for (name, period) in [
+            ("export_period", policy.export_period),
+            ("feed_period", policy.feed_period),
+        ] {
+            if period < 60 || 86_400 % period != 0 {
+                bail!(
+                    "{name} must divide a day into whole windows of at least 60 seconds, got {period}"
+                );
+            }
+        }
+        if policy.max_keys_per_file == 0 || policy.snapshot_every == 0 {
+            bail!("max_keys_per_file and snapshot_every must be at least 1");
+        }
+        Ok(policy)
+    }
+}
+
+/// `[regions."302"]`.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RegionFile {
+    /// The region inside export files, e.g. "CA" [default: the region id].
+    export_region: Option<String>,
+    /// Signature info: key id [default: the region id] and version [default: v1].
+    key_id: Option<String>,
+    key_version: Option<String>,
+    app_bundle_id: Option<String>,
+    android_package: Option<String>,
+    /// A signing key of the region's own [default: the server's signing key].
+    signing_key: Option<PathBuf>,
+    #[serde(flatten)]
+    publication: PublicationFile,
+    /// COVID Shield exposure configuration served at /exposure-configuration/{region}.json.
+    exposure_configuration: Option<toml::Value>,
 }
 
 fn read_file(path: Option<&Path>) -> Result<FileSettings> {
@@ -99,6 +197,11 @@ pub struct StoreSettings {
 
 pub struct ServeSettings {
     pub store: StoreSettings,
+    pub publish_to: String,
+    pub publish: PublishSettings,
+    pub retrieval_secret: Vec<u8>,
+    pub publish_every: u64,
+    pub dev: bool,
     pub listen: SocketAddr,
     pub max_batch: usize,
     pub policy: CodePolicy,
@@ -150,8 +253,91 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
     if max_batch == 0 {
         bail!("--max-batch must be at least 1");
     }
+    let store = resolve_store(&args.store, &file)?;
+    let publish_to = args
+        .publish_to
+        .clone()
+        .or(file.publish_to.clone())
+        .unwrap_or_else(|| store.data_dir.join("published").display().to_string());
+    let signing_key_path = args
+        .signing_key
+        .clone()
+        .or(file.signing_key.clone())
+        .unwrap_or_else(|| store.data_dir.join("signing-key.pem"));
+    let default_key = load_or_create_signing_key(&signing_key_path)?;
+    let retrieval_path = args
+        .retrieval_secret_file
+        .clone()
+        .or(file.retrieval_secret_file.clone())
+        .unwrap_or_else(|| store.data_dir.join("retrieval.key"));
+    let default_policy = file.publication.over(&PublicationPolicy::default())?;
+    let mut regions = BTreeMap::new();
+    for (id, region) in &file.regions {
+        let region_id =
+            Region::try_from(id.clone()).map_err(|e| anyhow::anyhow!("[regions.{id}]: {e}"))?;
+        let key = match &region.signing_key {
+            Some(path) => gaen::SigningKey::from_pem(
+                &fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .with_context(|| format!("{} is not a P-256 private key", path.display()))?,
+            None => default_key.clone(),
+        };
+        let mut info = gaen::SignatureInfo::new(
+            region.key_id.clone().unwrap_or_else(|| id.clone()),
+            region.key_version.clone().unwrap_or_else(|| "v1".into()),
+        );
+        info.app_bundle_id = region.app_bundle_id.clone();
+        info.android_package = region.android_package.clone();
+        let exposure_configuration = match &region.exposure_configuration {
+            Some(value) => serde_json::to_value(value)
+                .with_context(|| format!("[regions.{id}].exposure_configuration"))?,
+            None => confidant_server::publisher::default_exposure_configuration(),
+        };
+        regions.insert(
+            region_id,
+            RegionSettings {
+                export_region: region.export_region.clone().unwrap_or_else(|| id.clone()),
+                feed_key_id: format!(
+                    "{}-{}",
+                    info.verification_key_id.clone().unwrap_or_default(),
+                    info.verification_key_version.clone().unwrap_or_default()
+                ),
+                signers: vec![gaen::Signer { key, info }],
+                policy: region
+                    .publication
+                    .over(&default_policy)
+                    .with_context(|| format!("[regions.{id}]"))?,
+                exposure_configuration,
+            },
+        );
+    }
+    let days = |value: Option<u64>, default: u64| value.unwrap_or(default) * 86_400;
+    let retention = RetentionPolicy {
+        keys: days(file.key_retention_days, 15),
+        files: days(file.file_retention_days, 14),
+        key_events: days(file.key_event_retention_days, 21),
+    };
+    if retention.key_events < retention.keys {
+        bail!("key_event_retention_days must be at least key_retention_days");
+    }
     Ok(ServeSettings {
-        store: resolve_store(&args.store, &file)?,
+        publish_to,
+        publish: PublishSettings {
+            regions,
+            default_key,
+            default_policy,
+            retention,
+            janitor_interval: file.janitor_interval.unwrap_or(3600).max(1),
+        },
+        retrieval_secret: load_or_create_secret(&retrieval_path)?,
+        publish_every: args
+            .publish_every
+            .or(file.publish_every)
+            .unwrap_or(30)
+            .max(1),
+        dev: args.dev,
+        store,
         listen: args
             .listen
             .or(file.listen)
@@ -179,6 +365,37 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
             .unwrap_or(false),
         json_logs: log_format == "json",
     })
+}
+
+/// Reads the PEM signing key, or creates one (readable by the owner only) with its public
+/// half beside it as `NAME.pub.pem`, for the app platforms.
+fn load_or_create_signing_key(path: &Path) -> Result<gaen::SigningKey> {
+    match fs::read_to_string(path) {
+        Ok(pem) => gaen::SigningKey::from_pem(&pem)
+            .with_context(|| format!("{} is not a P-256 private key in PEM", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = gaen::SigningKey::generate(&mut OsRng);
+            write_new(path, key.to_pem().as_bytes(), 0o600)?;
+            let public = path.with_extension("pub.pem");
+            if !public.exists() {
+                write_new(&public, key.verifying_key().to_pem().as_bytes(), 0o644)?;
+            }
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads the hex secret, or creates 32 random bytes readable by the owner only.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::UnixSeconds;
 use crate::codes::CodeFormat;
 use crate::ids::{ClaimId, Digest, ProviderId, Region, TrackingId};
+use crate::publish::{PublishedFile, Stream};
 use crate::state::{Credential, StoredKey};
 
 pub const EVENT_VERSION: u32 = 1;
@@ -57,6 +58,32 @@ pub enum Event {
         /// Keys older than the retention window, dropped with a warning.
         dropped: u32,
     },
+    /// A stream's window was published (possibly as an empty file while keys are held back).
+    BatchPublished {
+        region: Region,
+        stream: Stream,
+        start: UnixSeconds,
+        end: UnixSeconds,
+        /// Keys available from here until `end` were candidates for this window.
+        keys_from: UnixSeconds,
+        /// Where the next window's candidates start: `end`, or `keys_from` when held back.
+        held_from: UnixSeconds,
+        real_keys: u32,
+        padding_keys: u32,
+        /// The stream's sequence number after this window (feed deltas); 0 otherwise.
+        seq: u64,
+        /// SHA-256 of the stream's last chained file (the feed delta); zero otherwise.
+        chain_hash: Digest,
+        files: Vec<PublishedFile>,
+    },
+    /// Retention ran at `now`: expired codes and claims, spent claims, keys and submissions
+    /// from before `keys_before_hour`, and files whose window ended by `files_ending_by` are
+    /// forgotten.
+    RetentionApplied {
+        now: UnixSeconds,
+        keys_before_hour: u64,
+        files_ending_by: UnixSeconds,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +123,15 @@ impl Event {
         Ok(serde_json::from_str(text)?)
     }
 
+    /// The submission hour of the key material this event carries, which decides when it is
+    /// purged from the log.
+    pub fn key_material_hour(&self) -> Option<u64> {
+        match self {
+            Self::KeysSubmitted { hour, .. } => Some(*hour),
+            _ => None,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -105,6 +141,8 @@ impl Event {
             Self::CodeIssued { .. } => "code_issued",
             Self::CodeRedeemed { .. } => "code_redeemed",
             Self::KeysSubmitted { .. } => "keys_submitted",
+            Self::BatchPublished { .. } => "batch_published",
+            Self::RetentionApplied { .. } => "retention_applied",
         }
     }
 }

@@ -7,13 +7,18 @@
 
 pub mod codes;
 pub mod event;
+pub mod feed;
 pub mod ids;
+pub mod publish;
 pub mod rules;
 pub mod state;
 
 pub use codes::{CodeFormat, CodePolicy, KeyedHasher, OneTimeCode};
 pub use event::{Event, EventDecodeError};
 pub use ids::{ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
+pub use publish::{
+    Cursor, FileRecord, PublicationPolicy, PublishedFile, RetentionPolicy, SmallBatch, Stream,
+};
 pub use rules::{DomainError, RawKey, SubmissionOutcome};
 pub use state::{Claim, Code, Credential, Provider, State, StoredKey, Submission};
 

@@ -67,6 +67,27 @@ pub enum DomainError {
     KeyBudgetExceeded { remaining: u32, requested: u32 },
 }
 
+impl DomainError {
+    /// A stable snake_case name, for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownProvider => "unknown_provider",
+            Self::ProviderSuspended => "provider_suspended",
+            Self::TtlOutOfRange { .. } => "ttl_out_of_range",
+            Self::InvalidCode => "invalid_code",
+            Self::InvalidClaim => "invalid_claim",
+            Self::AppKeyMismatch => "app_key_mismatch",
+            Self::AppKeyRegistered => "app_key_registered",
+            Self::NoKeys => "no_keys",
+            Self::TooManyKeysInRequest(_) => "too_many_keys_in_request",
+            Self::InvalidKey { .. } => "invalid_key",
+            Self::KeysSpanTooLong => "keys_span_too_long",
+            Self::KeyFromFuture { .. } => "key_from_future",
+            Self::KeyBudgetExceeded { .. } => "key_budget_exceeded",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeyProblem {
     #[error("rolling_period must be between 1 and 144")]

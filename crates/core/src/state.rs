@@ -11,6 +11,7 @@ use crate::UnixSeconds;
 use crate::codes::CodeFormat;
 use crate::event::Event;
 use crate::ids::{ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
+use crate::publish::{Cursor, FileRecord, Stream};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Provider {
@@ -79,6 +80,9 @@ pub struct Submission {
 pub struct KeyRecord {
     pub key: StoredKey,
     pub submission: TrackingId,
+    /// The submission's region and hour, kept with the key: publication selects by them.
+    pub region: Region,
+    pub hour: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub struct State {
     pub claims: BTreeMap<ClaimId, Claim>,
     pub submissions: BTreeMap<TrackingId, Submission>,
     pub keys: BTreeMap<KeyData, KeyRecord>,
+    pub cursors: BTreeMap<(Region, Stream), Cursor>,
+    /// Live published files by path.
+    pub files: BTreeMap<String, FileRecord>,
 }
 
 impl State {
@@ -186,9 +193,59 @@ impl State {
                         KeyRecord {
                             key: *key,
                             submission: *submission,
+                            region: region.clone(),
+                            hour: *hour,
                         },
                     );
                 }
+            }
+            Event::BatchPublished {
+                region,
+                stream,
+                start,
+                end,
+                held_from,
+                seq,
+                chain_hash,
+                files,
+                ..
+            } => {
+                self.cursors.insert(
+                    (region.clone(), *stream),
+                    Cursor {
+                        next_start: *end,
+                        held_from: *held_from,
+                        seq: *seq,
+                        chain_hash: *chain_hash,
+                    },
+                );
+                for file in files {
+                    self.files.insert(
+                        file.path.clone(),
+                        FileRecord {
+                            region: region.clone(),
+                            stream: *stream,
+                            start: *start,
+                            end: *end,
+                            seq: file.seq,
+                            sha256: file.sha256,
+                            bytes: file.bytes,
+                        },
+                    );
+                }
+            }
+            Event::RetentionApplied {
+                now,
+                keys_before_hour,
+                files_ending_by,
+            } => {
+                // The stores run the same deletions as set-based SQL; keep the two in step.
+                self.codes.retain(|_, c| c.expires_at > *now);
+                self.claims
+                    .retain(|_, c| c.expires_at > *now && c.budget_remaining > 0);
+                self.submissions.retain(|_, s| s.hour >= *keys_before_hour);
+                self.keys.retain(|_, k| k.hour >= *keys_before_hour);
+                self.files.retain(|_, f| f.end > *files_ending_by);
             }
         }
     }

@@ -42,3 +42,19 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The system clock moved forward by an offset: `serve --dev` lets demos and tests skip ahead.
+#[derive(Clone, Default)]
+pub struct OffsetClock(Arc<AtomicU64>);
+
+impl OffsetClock {
+    pub fn advance(&self, seconds: u64) {
+        self.0.fetch_add(seconds, Ordering::SeqCst);
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> u64 {
+        SystemClock.now() + self.0.load(Ordering::SeqCst)
+    }
+}

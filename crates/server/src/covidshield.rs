@@ -485,7 +485,11 @@ async fn handle_upload(
             transmission_risk: k.transmission_risk_level.map(i64::from),
         })
         .collect();
-    let keys = rules::validate_keys(&raw, now).map_err(|e| bad(upload_error(&e)))?;
+    let keys = rules::validate_keys(&raw, now).map_err(|e| {
+        crate::observe::submission_rejected("covidshield", &e, raw.len());
+        bad(upload_error(&e))
+    })?;
+    let key_count = keys.len();
     let lookup = ClaimLookup::CovidShield {
         server_public_key: server_key,
         app_public_key: app_key,
@@ -497,12 +501,18 @@ async fn handle_upload(
         .submit(lookup, keys, TrackingId(tracking), now)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(StoreError::Domain(e)) => Err(match e {
-            DomainError::InvalidClaim
-            | DomainError::AppKeyMismatch
-            | DomainError::ProviderSuspended => unauthorized,
-            other => bad(upload_error(&other)),
+        Ok(outcome) => {
+            crate::observe::submission_accepted("covidshield", &outcome);
+            Ok(())
+        }
+        Err(StoreError::Domain(e)) => Err({
+            crate::observe::submission_rejected("covidshield", &e, key_count);
+            match e {
+                DomainError::InvalidClaim
+                | DomainError::AppKeyMismatch
+                | DomainError::ProviderSuspended => unauthorized,
+                other => bad(upload_error(&other)),
+            }
         }),
         Err(e) => {
             tracing::error!(error = %e, "storage failure storing an upload");

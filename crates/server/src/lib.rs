@@ -1,14 +1,21 @@
 //! Confidant's HTTP surfaces: the native JSON API (`/v1`), the COVID Shield compatibility
-//! protocol, and health endpoints. Only this crate knows HTTP and JSON.
+//! protocol (uploads and retrieval), published files (`/exports`, `/feed`), metrics and
+//! health endpoints, and the background publisher and janitor. Only this crate knows HTTP
+//! and JSON.
 //!
 //! [`App::build`] wires a router around a [`Store`]; [`App::run_until_stopped`] serves it
-//! until a shutdown signal, then lets in-flight requests (and their commits) finish. Tests bind
-//! `127.0.0.1:0` and use exactly this wiring.
+//! (and runs the background jobs) until a shutdown signal, then lets in-flight requests (and
+//! their commits) finish. Tests bind `127.0.0.1:0` and use exactly this wiring.
 
 pub mod clock;
 mod covidshield;
+mod dev;
+pub mod files;
 mod lockout;
+mod observe;
 mod problem;
+pub mod publisher;
+mod retrieve;
 mod v1;
 
 use std::net::SocketAddr;
@@ -22,10 +29,11 @@ use confidant_core::{CodePolicy, KeyedHasher};
 use confidant_store::Store;
 use tokio::net::TcpListener;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
+pub use files::{FileStore, ServeCache};
 use lockout::Lockout;
+pub use publisher::{PublishSettings, Publisher, RegionSettings, RunReport};
 
-/// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub store: Store,
@@ -33,8 +41,12 @@ pub(crate) struct AppState {
     pub clock: Arc<dyn Clock>,
     pub policy: CodePolicy,
     pub lockout: Arc<Lockout>,
-    /// Take the client address from the last `X-Forwarded-For` entry (behind a load balancer).
     pub trust_forwarded_for: bool,
+    pub files: FileStore,
+    pub serve_cache: Arc<ServeCache>,
+    pub publisher: Arc<Publisher>,
+    pub retrieval_secret: Arc<Vec<u8>>,
+    pub day_cache: Arc<retrieve::DayCache>,
 }
 
 impl AppState {
@@ -42,7 +54,6 @@ impl AppState {
         self.clock.now()
     }
 
-    /// The client address used for brute-force counters; never stored, only hashed.
     pub fn client_address(&self, peer: SocketAddr, headers: &HeaderMap) -> String {
         if self.trust_forwarded_for
             && let Some(last) = headers
@@ -59,18 +70,49 @@ impl AppState {
     }
 }
 
-/// How the server is put together; the CLI fills it from flags, environment and file.
 #[derive(Clone)]
 pub struct ServerSettings {
-    /// Secret for keyed hashes of codes, tokens and addresses (at least 32 bytes).
     pub secret: Vec<u8>,
     pub policy: CodePolicy,
     pub trust_forwarded_for: bool,
+    /// Where published files go (and are served from).
+    pub files: FileStore,
+    pub publish: PublishSettings,
+    /// The COVID Shield retrieval HMAC key (at least 32 bytes), shared with the apps.
+    pub retrieval_secret: Vec<u8>,
+    /// How often the background jobs look for due work; `None` runs them only when asked
+    /// (`Publisher::run_due`, or `POST /dev/clock`).
+    pub publish_every: Option<Duration>,
+    /// `serve --dev`: `POST /dev/clock` moves this clock. Never set in production.
+    pub dev_clock: Option<OffsetClock>,
+    /// Bytes of immutable files kept in memory for serving.
+    pub serve_cache_bytes: usize,
+}
+
+impl ServerSettings {
+    /// Defaults around a secret, a file store and a signing key: default code policy and
+    /// publication rules, no background jobs, no dev clock.
+    pub fn new(secret: Vec<u8>, files: FileStore, signing_key: gaen::SigningKey) -> Self {
+        Self {
+            retrieval_secret: secret.clone(),
+            secret,
+            policy: CodePolicy::default(),
+            trust_forwarded_for: false,
+            files,
+            publish: PublishSettings::new(signing_key),
+            publish_every: None,
+            dev_clock: None,
+            serve_cache_bytes: 64 << 20,
+        }
+    }
 }
 
 pub struct App {
     listener: TcpListener,
     router: Router,
+    publisher: Arc<Publisher>,
+    clock: Arc<dyn Clock>,
+    publish_every: Option<Duration>,
 }
 
 impl App {
@@ -80,25 +122,51 @@ impl App {
         settings: ServerSettings,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Self> {
+        let serve_cache = Arc::new(ServeCache::new(settings.serve_cache_bytes));
+        let publisher = Arc::new(Publisher::new(
+            store.clone(),
+            settings.files.clone(),
+            serve_cache.clone(),
+            settings.publish.clone(),
+        ));
         let state = AppState {
             store,
             hasher: KeyedHasher::new(&settings.secret),
             lockout: Arc::new(Lockout::new()),
-            clock,
+            clock: clock.clone(),
             policy: settings.policy,
             trust_forwarded_for: settings.trust_forwarded_for,
+            files: settings.files,
+            serve_cache,
+            publisher: publisher.clone(),
+            retrieval_secret: Arc::new(settings.retrieval_secret),
+            day_cache: Arc::default(),
         };
-        let router = Router::new()
+        let mut router = Router::new()
             .merge(v1::routes())
             .merge(covidshield::routes())
+            .merge(retrieve::routes())
+            .merge(files::routes())
+            .merge(observe::routes())
             .route("/health", get(|| async { "ok\n" }))
-            .route("/services/ping", get(covidshield::ping))
+            .route("/services/ping", get(covidshield::ping));
+        if let Some(dev_clock) = settings.dev_clock {
+            router = router.merge(dev::routes(dev_clock));
+        }
+        let router = router
             .with_state(state)
+            .layer(axum::middleware::from_fn(observe::track_latency))
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(30),
             ));
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            publisher,
+            clock,
+            publish_every: settings.publish_every,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -109,17 +177,41 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    /// The publisher this app runs, for tests and tools that drive it directly.
+    pub fn publisher(&self) -> Arc<Publisher> {
+        self.publisher.clone()
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(
+        let background = self.publish_every.map(|every| {
+            let publisher = self.publisher.clone();
+            let clock = self.clock.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    if let Err(e) = publisher.run_due(clock.now()).await {
+                        tracing::error!(error = %e, "publishing failed; retrying on the next tick");
+                    }
+                }
+            })
+        });
+        let result = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+        if let Some(task) = background {
+            task.abort();
+            task.await.ok();
+            self.publisher.resign().await;
+        }
+        result
     }
 }

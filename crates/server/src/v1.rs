@@ -257,7 +257,9 @@ async fn submit(
         })
         .collect::<Result<Vec<_>, Problem>>()?;
     let now = state.now();
-    let keys = rules::validate_keys(&raw, now)?;
+    let keys = rules::validate_keys(&raw, now).inspect_err(|e| {
+        crate::observe::submission_rejected("v1", e, raw.len());
+    })?;
     let outcome = state
         .store
         .submit(
@@ -266,7 +268,13 @@ async fn submit(
             TrackingId(random_bytes()),
             now,
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if let StoreError::Domain(e) = e {
+                crate::observe::submission_rejected("v1", e, raw.len());
+            }
+        })?;
+    crate::observe::submission_accepted("v1", &outcome);
     let mut warnings = Vec::new();
     if outcome.dropped > 0 {
         warnings.push(format!(

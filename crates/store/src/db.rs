@@ -41,6 +41,7 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// A nullable bytes column; typed so PostgreSQL accepts a NULL.
     OptBytes(Option<Vec<u8>>),
+    OptInt(Option<i64>),
 }
 
 impl From<i64> for Value {
@@ -51,6 +52,11 @@ impl From<i64> for Value {
 impl From<u64> for Value {
     fn from(v: u64) -> Self {
         Self::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<Option<u64>> for Value {
+    fn from(v: Option<u64>) -> Self {
+        Self::OptInt(v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
     }
 }
 impl From<u32> for Value {
@@ -97,6 +103,13 @@ pub enum Row {
 
 impl Row {
     pub fn int(&self, index: usize) -> Result<i64, sqlx::Error> {
+        match self {
+            Self::Sqlite(row) => row.try_get(index),
+            Self::Postgres(row) => row.try_get(index),
+        }
+    }
+
+    pub fn opt_int(&self, index: usize) -> Result<Option<i64>, sqlx::Error> {
         match self {
             Self::Sqlite(row) => row.try_get(index),
             Self::Postgres(row) => row.try_get(index),
@@ -192,6 +205,7 @@ macro_rules! bind_all {
                 Value::Text(v) => query.bind(v.as_str()),
                 Value::Bytes(v) => query.bind(v.as_slice()),
                 Value::OptBytes(v) => query.bind(v.as_deref()),
+                Value::OptInt(v) => query.bind(*v),
             };
         }
         query

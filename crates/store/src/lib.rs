@@ -16,17 +16,19 @@ use std::sync::{Arc, Mutex};
 
 use confidant_core::state::StoredKey;
 use confidant_core::{
-    Claim, ClaimId, CodeFormat, CodePolicy, Credential, Digest, DomainError, Event,
-    EventDecodeError, Key32, Provider, ProviderId, Region, State, Submission, SubmissionOutcome,
-    TrackingId, UnixSeconds,
+    Claim, ClaimId, CodeFormat, CodePolicy, Credential, Cursor, Digest, DomainError, Event,
+    EventDecodeError, FileRecord, Key32, Provider, ProviderId, Region, State, Stream, Submission,
+    SubmissionOutcome, TrackingId, UnixSeconds,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use db::Dialect;
 use db::{Conn, Pool};
-use projection::{CLAIM_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS};
-pub use writer::{ClaimLookup, Written};
+use projection::{
+    CLAIM_COLUMNS, CURSOR_COLUMNS, FILE_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
+};
+pub use writer::{ClaimLookup, RetentionReport, Written};
 use writer::{Job, Write};
 
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +304,171 @@ impl Store {
         }
     }
 
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.read().await?;
+        conn.fetch_optional("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    /// Records a published window. `Conflict` means another instance published it first.
+    pub async fn publish(&self, event: Event) -> Result<(), StoreError> {
+        assert!(matches!(event, Event::BatchPublished { .. }));
+        self.write(Write::Publish(event)).await.map(drop)
+    }
+
+    /// Records a retention run and deletes what it forgets, projections and old key material
+    /// in the log alike.
+    pub async fn apply_retention(
+        &self,
+        event: Event,
+        purge_key_events_before_hour: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        assert!(matches!(event, Event::RetentionApplied { .. }));
+        match self
+            .write(Write::Retention {
+                event,
+                purge_key_events_before_hour,
+            })
+            .await?
+        {
+            Written::Retained(report) => Ok(report),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// Keys of `region` submitted in the hours `[from_hour, to_hour)`, with their hour, in
+    /// key_data order.
+    pub async fn keys_submitted(
+        &self,
+        region: &Region,
+        from_hour: u64,
+        to_hour: u64,
+    ) -> Result<Vec<(StoredKey, u64)>, StoreError> {
+        let mut conn = self.read().await?;
+        let rows = conn
+            .fetch_all(
+                "SELECT key_data, rolling_start, rolling_period, transmission_risk, hour \
+                 FROM keys WHERE region = $1 AND hour >= $2 AND hour < $3 ORDER BY key_data",
+                &[region.as_str().into(), from_hour.into(), to_hour.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    StoredKey {
+                        key_data: confidant_core::KeyData(row.array(0)?),
+                        rolling_start: row.int(1)? as u32,
+                        rolling_period: row.int(2)? as u32,
+                        transmission_risk: row.int(3)? as u8,
+                    },
+                    row.int(4)? as u64,
+                ))
+            })
+            .collect()
+    }
+
+    /// The earliest submission hour of a stored key of `region`.
+    pub async fn first_key_hour(&self, region: &Region) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.read().await?;
+        let row = conn
+            .fetch_optional(
+                "SELECT MIN(hour) FROM keys WHERE region = $1",
+                &[region.as_str().into()],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => row.opt_int(0)?.map(|h| h as u64),
+            None => None,
+        })
+    }
+
+    /// Regions that have providers or publications.
+    pub async fn regions(&self) -> Result<Vec<Region>, StoreError> {
+        let mut conn = self.read().await?;
+        let rows = conn
+            .fetch_all(
+                "SELECT region FROM providers UNION SELECT region FROM cursors ORDER BY 1",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Region::try_from(row.text(0)?)
+                    .map_err(|e| StoreError::Unavailable(format!("bad region in store: {e}")))
+            })
+            .collect()
+    }
+
+    pub async fn cursor(
+        &self,
+        region: &Region,
+        stream: Stream,
+    ) -> Result<Option<Cursor>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {CURSOR_COLUMNS} FROM cursors WHERE region = $1 AND stream = $2");
+        Ok(
+            match conn
+                .fetch_optional(&sql, &[region.as_str().into(), stream.name().into()])
+                .await?
+            {
+                Some(row) => Some(projection::cursor_from_row(&row)?.1),
+                None => None,
+            },
+        )
+    }
+
+    /// Live files of a stream, oldest first (by window, then sequence, then path).
+    pub async fn files(
+        &self,
+        region: &Region,
+        stream: Stream,
+    ) -> Result<Vec<(String, FileRecord)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE region = $1 AND stream = $2 \
+             ORDER BY start_ts, end_ts, seq, path"
+        );
+        conn.fetch_all(&sql, &[region.as_str().into(), stream.name().into()])
+            .await?
+            .iter()
+            .map(|row| Ok(projection::file_from_row(row)?))
+            .collect()
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now + ttl`; false when another
+    /// holder's lease is still running. Leader election for the publisher and the janitor.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: UnixSeconds,
+        ttl: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.read().await?;
+        let taken = conn
+            .execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= $4",
+                &[name.into(), holder.into(), (now + ttl).into(), now.into()],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives the lease up early (on shutdown), if `holder` still has it.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut conn = self.read().await?;
+        conn.execute(
+            "DELETE FROM leases WHERE name = $1 AND holder = $2",
+            &[name.into(), holder.into()],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn providers(&self) -> Result<Vec<(ProviderId, Provider)>, StoreError> {
         let mut conn = self.read().await?;
         let sql = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers ORDER BY name, id");
@@ -406,6 +573,8 @@ impl Store {
                     diff("claims", &live.claims, &replayed.claims),
                     diff("submissions", &live.submissions, &replayed.submissions),
                     diff("keys", &live.keys, &replayed.keys),
+                    diff("cursors", &live.cursors, &replayed.cursors),
+                    diff("files", &live.files, &replayed.files),
                 ],
             })
         }

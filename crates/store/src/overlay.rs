@@ -7,12 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use confidant_core::{
-    ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, State, TrackingId,
+    ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, Region, State, Stream,
+    TrackingId,
 };
 
 use crate::db::{Conn, Value};
 use crate::projection::{
-    self, CLAIM_COLUMNS, CODE_COLUMNS, KEY_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
+    self, CLAIM_COLUMNS, CODE_COLUMNS, CURSOR_COLUMNS, KEY_COLUMNS, PROVIDER_COLUMNS,
+    SUBMISSION_COLUMNS,
 };
 
 /// Parameters per statement, well under SQLite's and PostgreSQL's limits.
@@ -27,6 +29,8 @@ pub struct Overlay {
     dirty_claims: BTreeSet<ClaimId>,
     dirty_submissions: BTreeSet<TrackingId>,
     dirty_keys: BTreeSet<KeyData>,
+    dirty_cursors: BTreeSet<(Region, Stream)>,
+    dirty_files: BTreeSet<String>,
     /// Lookups by secondary keys, kept in step with `state`.
     pub provider_by_token: BTreeMap<Digest, ProviderId>,
     pub claim_by_token: BTreeMap<Digest, ClaimId>,
@@ -46,13 +50,18 @@ pub struct Wanted {
     pub claim_app_keys: BTreeSet<Key32>,
     pub submissions: BTreeSet<TrackingId>,
     pub keys: BTreeSet<KeyData>,
+    pub cursors: BTreeSet<(Region, Stream)>,
 }
 
 impl Wanted {
     /// The rows replaying `event` reads.
     pub fn for_event(&mut self, event: &Event) {
         match event {
-            Event::ProviderRegistered { .. } | Event::CodeIssued { .. } => {}
+            // Publication rows are overwritten whole; retention runs as SQL of its own.
+            Event::ProviderRegistered { .. }
+            | Event::CodeIssued { .. }
+            | Event::BatchPublished { .. }
+            | Event::RetentionApplied { .. } => {}
             Event::ProviderSuspended { provider } | Event::ProviderReinstated { provider } => {
                 self.providers.insert(*provider);
             }
@@ -206,6 +215,15 @@ impl Overlay {
                 overlay.state.keys.insert(record.key.key_data, record);
             }
         }
+        for (region, stream) in &wanted.cursors {
+            let sql =
+                format!("SELECT {CURSOR_COLUMNS} FROM cursors WHERE region = $1 AND stream = $2");
+            let params = [region.as_str().into(), stream.name().into()];
+            if let Some(row) = conn.fetch_optional(&sql, &params).await? {
+                let (key, cursor) = projection::cursor_from_row(&row)?;
+                overlay.state.cursors.insert(key, cursor);
+            }
+        }
         // Providers named directly, or owning a loaded code or claim.
         let mut ids = wanted.providers;
         ids.extend(overlay.state.codes.values().map(|c| c.provider));
@@ -288,6 +306,18 @@ impl Overlay {
                 self.dirty_submissions.insert(*submission);
                 self.dirty_keys.extend(keys.iter().map(|k| k.key_data));
             }
+            Event::BatchPublished {
+                region,
+                stream,
+                files,
+                ..
+            } => {
+                self.dirty_cursors.insert((region.clone(), *stream));
+                self.dirty_files
+                    .extend(files.iter().map(|f| f.path.clone()));
+            }
+            // Rows the overlay holds are dropped by `apply`; the rest by `apply_retention`.
+            Event::RetentionApplied { .. } => {}
         }
     }
 
@@ -400,6 +430,8 @@ impl Overlay {
                 "rolling_period",
                 "transmission_risk",
                 "submission",
+                "region",
+                "hour",
             ],
             self.dirty_keys.iter().filter_map(|k| {
                 s.keys.get(k).map(|r| {
@@ -409,6 +441,57 @@ impl Overlay {
                         r.key.rolling_period.into(),
                         u32::from(r.key.transmission_risk).into(),
                         r.submission.0.into(),
+                        r.region.as_str().into(),
+                        r.hour.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        upsert(
+            conn,
+            "cursors",
+            "region, stream",
+            &[
+                "region",
+                "stream",
+                "next_start",
+                "held_from",
+                "seq",
+                "chain_hash",
+            ],
+            self.dirty_cursors.iter().filter_map(|key| {
+                s.cursors.get(key).map(|c| {
+                    vec![
+                        key.0.as_str().into(),
+                        key.1.name().into(),
+                        c.next_start.into(),
+                        c.held_from.into(),
+                        c.seq.into(),
+                        c.chain_hash.0.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        upsert(
+            conn,
+            "files",
+            "path",
+            &[
+                "path", "region", "stream", "start_ts", "end_ts", "seq", "sha256", "bytes",
+            ],
+            self.dirty_files.iter().filter_map(|path| {
+                s.files.get(path).map(|f| {
+                    vec![
+                        path.as_str().into(),
+                        f.region.as_str().into(),
+                        f.stream.name().into(),
+                        f.start.into(),
+                        f.end.into(),
+                        f.seq.into(),
+                        f.sha256.0.into(),
+                        f.bytes.into(),
                     ]
                 })
             }),
@@ -449,10 +532,13 @@ async fn upsert(
 pub async fn append_events(conn: &mut Conn, events: &[Event]) -> Result<(), sqlx::Error> {
     for chunk in events.chunks(1000) {
         let sql = format!(
-            "INSERT INTO events (payload) VALUES {}",
-            placeholders(chunk.len(), 1)
+            "INSERT INTO events (payload, key_hour) VALUES {}",
+            placeholders(chunk.len(), 2)
         );
-        let params: Vec<Value> = chunk.iter().map(|e| Value::Text(e.encode())).collect();
+        let params: Vec<Value> = chunk
+            .iter()
+            .flat_map(|e| [Value::Text(e.encode()), e.key_material_hour().into()])
+            .collect();
         conn.execute(&sql, &params).await?;
     }
     Ok(())

@@ -1,17 +1,18 @@
 //! Projections: the tables that mirror `core::State`, updated from events and read back.
 //!
 //! Invariant: nothing writes these tables except `overlay::Overlay::write_back`, which stores
-//! rows as `State::apply` left them, in the transaction that appends the events;
+//! rows as `State::apply` left them, in the transaction that appends the events, and
+//! [`apply_retention`], the set-based twin of `apply` for `RetentionApplied`;
 //! [`load_state`] reads them into the same shape that `State::replay` computes from the log, so
 //! the two can be compared.
 
 use confidant_core::state::KeyRecord;
 use confidant_core::{
-    Claim, ClaimId, Code, CodeFormat, Credential, Digest, Key32, KeyData, Provider, ProviderId,
-    Region, State, StoredKey, Submission, TrackingId,
+    Claim, ClaimId, Code, CodeFormat, Credential, Cursor, Digest, Event, FileRecord, Key32,
+    KeyData, Provider, ProviderId, Region, State, StoredKey, Stream, Submission, TrackingId,
 };
 
-use crate::db::{Conn, Row};
+use crate::db::{Conn, Row, Value};
 use crate::schema::PROJECTION_TABLES;
 
 fn decode_error(message: String) -> sqlx::Error {
@@ -95,10 +96,48 @@ pub fn key_record_from_row(row: &Row, first: usize) -> Result<KeyRecord, sqlx::E
             transmission_risk: row.int(first + 3)? as u8,
         },
         submission: TrackingId(row.array(first + 4)?),
+        region: region(row, first + 5)?,
+        hour: row.int(first + 6)? as u64,
     })
 }
 pub const KEY_COLUMNS: &str =
-    "key_data, rolling_start, rolling_period, transmission_risk, submission";
+    "key_data, rolling_start, rolling_period, transmission_risk, submission, region, hour";
+
+fn stream(row: &Row, index: usize) -> Result<Stream, sqlx::Error> {
+    let text = row.text(index)?;
+    Stream::parse(&text).ok_or_else(|| decode_error(format!("unknown stream {text}")))
+}
+
+/// Decodes `region, stream, CURSOR_COLUMNS`.
+pub fn cursor_from_row(row: &Row) -> Result<((Region, Stream), Cursor), sqlx::Error> {
+    Ok((
+        (region(row, 0)?, stream(row, 1)?),
+        Cursor {
+            next_start: row.int(2)? as u64,
+            held_from: row.int(3)? as u64,
+            seq: row.int(4)? as u64,
+            chain_hash: Digest(row.array(5)?),
+        },
+    ))
+}
+pub const CURSOR_COLUMNS: &str = "region, stream, next_start, held_from, seq, chain_hash";
+
+/// Decodes `FILE_COLUMNS`.
+pub fn file_from_row(row: &Row) -> Result<(String, FileRecord), sqlx::Error> {
+    Ok((
+        row.text(0)?,
+        FileRecord {
+            region: region(row, 1)?,
+            stream: stream(row, 2)?,
+            start: row.int(3)? as u64,
+            end: row.int(4)? as u64,
+            seq: row.int(5)? as u64,
+            sha256: Digest(row.array(6)?),
+            bytes: row.int(7)? as u64,
+        },
+    ))
+}
+pub const FILE_COLUMNS: &str = "path, region, stream, start_ts, end_ts, seq, sha256, bytes";
 
 /// Reads every projection table into a `State`.
 pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
@@ -148,5 +187,50 @@ pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
         let record = key_record_from_row(&row, 0)?;
         state.keys.insert(record.key.key_data, record);
     }
+    for row in conn
+        .fetch_all(&format!("SELECT {CURSOR_COLUMNS} FROM cursors"), &[])
+        .await?
+    {
+        let (key, cursor) = cursor_from_row(&row)?;
+        state.cursors.insert(key, cursor);
+    }
+    for row in conn
+        .fetch_all(&format!("SELECT {FILE_COLUMNS} FROM files"), &[])
+        .await?
+    {
+        let (path, file) = file_from_row(&row)?;
+        state.files.insert(path, file);
+    }
     Ok(state)
+}
+
+/// Runs a `RetentionApplied` event's deletions: the same rows `State::apply` drops.
+pub async fn apply_retention(conn: &mut Conn, event: &Event) -> Result<(), sqlx::Error> {
+    let Event::RetentionApplied {
+        now,
+        keys_before_hour,
+        files_ending_by,
+    } = event
+    else {
+        return Ok(());
+    };
+    let now = Value::from(*now);
+    let hour = Value::from(*keys_before_hour);
+    conn.execute("DELETE FROM codes WHERE expires_at <= $1", &[now.clone()])
+        .await?;
+    conn.execute(
+        "DELETE FROM claims WHERE expires_at <= $1 OR budget_remaining = 0",
+        &[now],
+    )
+    .await?;
+    conn.execute("DELETE FROM keys WHERE hour < $1", &[hour.clone()])
+        .await?;
+    conn.execute("DELETE FROM submissions WHERE hour < $1", &[hour])
+        .await?;
+    conn.execute(
+        "DELETE FROM files WHERE end_ts <= $1",
+        &[Value::from(*files_ending_by)],
+    )
+    .await?;
+    Ok(())
 }

@@ -3,7 +3,8 @@
 
 use crate::db::{Conn, Dialect, Value};
 
-const SQLITE: &[&str] = &[r"
+const SQLITE: &[&str] = &[
+    r"
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     payload TEXT NOT NULL
@@ -51,9 +52,48 @@ CREATE TABLE keys (
 );
 CREATE INDEX keys_by_submission ON keys (submission);
 CREATE INDEX submissions_by_hour ON submissions (hour);
-"];
+",
+    r"
+ALTER TABLE keys ADD COLUMN region TEXT NOT NULL DEFAULT '';
+ALTER TABLE keys ADD COLUMN hour INTEGER NOT NULL DEFAULT 0;
+UPDATE keys SET
+    region = (SELECT region FROM submissions WHERE submissions.id = keys.submission),
+    hour = (SELECT hour FROM submissions WHERE submissions.id = keys.submission);
+CREATE INDEX keys_by_region_hour ON keys (region, hour);
+ALTER TABLE events ADD COLUMN key_hour INTEGER;
+UPDATE events SET key_hour = json_extract(payload, '$.hour')
+    WHERE json_extract(payload, '$.type') = 'keys_submitted';
+CREATE INDEX events_by_key_hour ON events (key_hour) WHERE key_hour IS NOT NULL;
+CREATE TABLE cursors (
+    region TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    next_start INTEGER NOT NULL,
+    held_from INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    chain_hash BLOB NOT NULL,
+    PRIMARY KEY (region, stream)
+);
+CREATE TABLE files (
+    path TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    start_ts INTEGER NOT NULL,
+    end_ts INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX files_by_stream ON files (region, stream, end_ts);
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+",
+];
 
-const POSTGRES: &[&str] = &[r"
+const POSTGRES: &[&str] = &[
+    r"
 CREATE TABLE events (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     payload TEXT NOT NULL
@@ -101,10 +141,54 @@ CREATE TABLE keys (
 );
 CREATE INDEX keys_by_submission ON keys (submission);
 CREATE INDEX submissions_by_hour ON submissions (hour);
-"];
+",
+    r"
+ALTER TABLE keys ADD COLUMN region TEXT NOT NULL DEFAULT '';
+ALTER TABLE keys ADD COLUMN hour BIGINT NOT NULL DEFAULT 0;
+UPDATE keys SET region = s.region, hour = s.hour FROM submissions s WHERE s.id = keys.submission;
+CREATE INDEX keys_by_region_hour ON keys (region, hour);
+ALTER TABLE events ADD COLUMN key_hour BIGINT;
+UPDATE events SET key_hour = (payload::json->>'hour')::bigint
+    WHERE payload::json->>'type' = 'keys_submitted';
+CREATE INDEX events_by_key_hour ON events (key_hour) WHERE key_hour IS NOT NULL;
+CREATE TABLE cursors (
+    region TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    next_start BIGINT NOT NULL,
+    held_from BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    chain_hash BYTEA NOT NULL,
+    PRIMARY KEY (region, stream)
+);
+CREATE TABLE files (
+    path TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    start_ts BIGINT NOT NULL,
+    end_ts BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    sha256 BYTEA NOT NULL,
+    bytes BIGINT NOT NULL
+);
+CREATE INDEX files_by_stream ON files (region, stream, end_ts);
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+",
+];
 
 /// Tables rebuilt from the log, children first so deletion order is safe.
-pub const PROJECTION_TABLES: [&str; 5] = ["keys", "submissions", "claims", "codes", "providers"];
+pub const PROJECTION_TABLES: [&str; 7] = [
+    "keys",
+    "submissions",
+    "claims",
+    "codes",
+    "providers",
+    "cursors",
+    "files",
+];
 
 /// Brings the schema up to date; safe to run on every start and from several processes.
 pub async fn migrate(conn: &mut Conn) -> Result<(), sqlx::Error> {

@@ -64,6 +64,21 @@ pub(crate) enum Write {
         now: UnixSeconds,
     },
     Rebuild,
+    /// A `BatchPublished` event; refused with `Conflict` when the stream's cursor has moved
+    /// (another instance published the window first).
+    Publish(Event),
+    /// A `RetentionApplied` event, plus purging key material older than the hour from the log.
+    Retention {
+        event: Event,
+        purge_key_events_before_hour: u64,
+    },
+}
+
+impl Write {
+    /// Rebuild and retention rewrite many rows with SQL of their own: they run alone.
+    fn runs_alone(&self) -> bool {
+        matches!(self, Write::Rebuild | Write::Retention { .. })
+    }
 }
 
 /// What a successful write did.
@@ -86,6 +101,19 @@ pub enum Written {
     Rebuilt {
         events: u64,
     },
+    Published,
+    Retained(RetentionReport),
+}
+
+/// What a retention run removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Paths of the published files that left the index: delete them from the file store.
+    pub retired_files: Vec<String>,
+    pub codes: u64,
+    pub claims: u64,
+    pub keys: u64,
+    pub purged_events: u64,
 }
 
 pub(crate) struct Job {
@@ -105,10 +133,10 @@ pub(crate) async fn run(pool: Pool, mut jobs: mpsc::Receiver<Job>, max_batch: us
             },
         };
         let mut batch = vec![first];
-        // A rebuild runs alone; everything else queued joins the batch.
-        while batch.len() < max_batch && !matches!(batch[0].write, Write::Rebuild) {
+        // Some writes run alone; everything else queued joins the batch.
+        while batch.len() < max_batch && !batch[0].write.runs_alone() {
             match jobs.try_recv() {
-                Ok(job) if matches!(job.write, Write::Rebuild) => {
+                Ok(job) if job.write.runs_alone() => {
                     held = Some(job);
                     break;
                 }
@@ -131,8 +159,14 @@ pub(crate) async fn run(pool: Pool, mut jobs: mpsc::Receiver<Job>, max_batch: us
             }
         }
         let connection = conn.as_mut().expect("acquired above");
-        let outcome = match batch[0].write {
+        let outcome = match &batch[0].write {
             Write::Rebuild => rebuild(connection).await.map(|w| vec![Ok(w)]),
+            Write::Retention {
+                event,
+                purge_key_events_before_hour,
+            } => retention(connection, event, *purge_key_events_before_hour)
+                .await
+                .map(|w| vec![Ok(w)]),
             _ => run_batch(connection, &batch).await,
         };
         let results = match outcome {
@@ -205,7 +239,10 @@ impl Write {
                 wanted.submissions.insert(*tracking_id);
                 wanted.keys.extend(keys.iter().map(|k| k.key_data));
             }
-            Write::Rebuild => {}
+            Write::Publish(Event::BatchPublished { region, stream, .. }) => {
+                wanted.cursors.insert((region.clone(), *stream));
+            }
+            Write::Publish(_) | Write::Rebuild | Write::Retention { .. } => {}
         }
     }
 }
@@ -395,7 +432,22 @@ fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), Sto
             )?;
             Ok((Written::Submitted(outcome), vec![event]))
         }
-        Write::Rebuild => unreachable!("rebuild runs alone"),
+        Write::Publish(event) => {
+            let Event::BatchPublished {
+                region,
+                stream,
+                start,
+                ..
+            } = event
+            else {
+                unreachable!("Store::publish sends BatchPublished only");
+            };
+            match state.cursors.get(&(region.clone(), *stream)) {
+                Some(cursor) if cursor.next_start != *start => Err(StoreError::Conflict),
+                _ => Ok((Written::Published, vec![event.clone()])),
+            }
+        }
+        Write::Rebuild | Write::Retention { .. } => unreachable!("runs alone"),
     }
 }
 
@@ -415,17 +467,86 @@ async fn rebuild(conn: &mut Conn) -> Result<Written, sqlx::Error> {
             .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
         let Some((last, _)) = page.last() else { break };
         after = *last;
-        let mut wanted = Wanted::default();
-        for (_, event) in &page {
-            wanted.for_event(event);
+        let events: Vec<Event> = page.into_iter().map(|(_, e)| e).collect();
+        // Retention deletes with SQL: the rows before it must be written first.
+        for segment in events.split_inclusive(|e| matches!(e, Event::RetentionApplied { .. })) {
+            let mut wanted = Wanted::default();
+            for event in segment {
+                wanted.for_event(event);
+            }
+            let mut overlay = Overlay::load(conn, wanted).await?;
+            for event in segment {
+                overlay.apply(event);
+                replayed += 1;
+            }
+            overlay.write_back(conn).await?;
+            if let Some(last @ Event::RetentionApplied { .. }) = segment.last() {
+                projection::apply_retention(conn, last).await?;
+            }
         }
-        let mut overlay = Overlay::load(conn, wanted).await?;
-        for (_, event) in &page {
-            overlay.apply(event);
-            replayed += 1;
-        }
-        overlay.write_back(conn).await?;
     }
     conn.commit().await?;
     Ok(Written::Rebuilt { events: replayed })
+}
+
+/// Appends the retention event, deletes what it forgets, and purges old key material from the
+/// log, in one transaction.
+async fn retention(
+    conn: &mut Conn,
+    event: &Event,
+    purge_key_events_before_hour: u64,
+) -> Result<Written, sqlx::Error> {
+    let Event::RetentionApplied {
+        now,
+        keys_before_hour,
+        files_ending_by,
+    } = event
+    else {
+        unreachable!("Store::apply_retention sends RetentionApplied only");
+    };
+    conn.begin().await?;
+    let count = |row: Option<crate::db::Row>| row.map_or(Ok(0), |r| r.int(0).map(|n| n as u64));
+    let mut report = RetentionReport {
+        codes: count(
+            conn.fetch_optional(
+                "SELECT COUNT(*) FROM codes WHERE expires_at <= $1",
+                &[(*now).into()],
+            )
+            .await?,
+        )?,
+        claims: count(
+            conn.fetch_optional(
+                "SELECT COUNT(*) FROM claims WHERE expires_at <= $1 OR budget_remaining = 0",
+                &[(*now).into()],
+            )
+            .await?,
+        )?,
+        keys: count(
+            conn.fetch_optional(
+                "SELECT COUNT(*) FROM keys WHERE hour < $1",
+                &[(*keys_before_hour).into()],
+            )
+            .await?,
+        )?,
+        ..RetentionReport::default()
+    };
+    for row in conn
+        .fetch_all(
+            "SELECT path FROM files WHERE end_ts <= $1 ORDER BY path",
+            &[(*files_ending_by).into()],
+        )
+        .await?
+    {
+        report.retired_files.push(row.text(0)?);
+    }
+    append_events(conn, std::slice::from_ref(event)).await?;
+    projection::apply_retention(conn, event).await?;
+    report.purged_events = conn
+        .execute(
+            "DELETE FROM events WHERE key_hour < $1",
+            &[purge_key_events_before_hour.into()],
+        )
+        .await?;
+    conn.commit().await?;
+    Ok(Written::Retained(report))
 }

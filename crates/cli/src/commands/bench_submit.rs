@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use confidant_core::{CodePolicy, KeyedHasher, ProviderId, Region};
-use confidant_server::{App, ServerSettings, SystemClock};
+use confidant_core::{KeyedHasher, ProviderId, Region};
+use confidant_server::{App, FileStore, ServerSettings, SystemClock};
 use confidant_store::{Store, StoreOptions};
 use rand_core::{OsRng, RngCore};
 use serde_json::{Value, json};
@@ -96,11 +96,8 @@ async fn run_once(
             )
             .await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let settings = ServerSettings {
-            secret,
-            policy: CodePolicy::default(),
-            trust_forwarded_for: false,
-        };
+        let files = FileStore::local(&scratch.join("published")).map_err(anyhow::Error::msg)?;
+        let settings = ServerSettings::new(secret, files, gaen::SigningKey::generate(&mut OsRng));
         let app = App::build(listener, store.clone(), settings, Arc::new(SystemClock)).await?;
         let base = format!("http://{}", app.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use confidant_server::{App, ServerSettings, SystemClock};
+use std::time::Duration;
+
+use confidant_server::{App, Clock, FileStore, OffsetClock, ServerSettings, SystemClock};
 use confidant_store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +41,18 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 redact(&settings.store.database_url)
             )
         })?;
+        let files = FileStore::open(&settings.publish_to).map_err(anyhow::Error::msg)?;
+        let dev_clock = settings.dev.then(OffsetClock::default);
+        if dev_clock.is_some() {
+            tracing::warn!(
+                "DEVELOPMENT MODE: POST /dev/clock lets anyone move this server's clock and \
+                 publish early. Never run --dev with real data"
+            );
+        }
+        let clock: Arc<dyn Clock> = match &dev_clock {
+            Some(dev) => Arc::new(dev.clone()),
+            None => Arc::new(SystemClock),
+        };
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -49,14 +63,21 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 secret: settings.store.secret.clone(),
                 policy: settings.policy,
                 trust_forwarded_for: settings.trust_forwarded_for,
+                files,
+                publish: settings.publish.clone(),
+                retrieval_secret: settings.retrieval_secret.clone(),
+                publish_every: Some(Duration::from_secs(settings.publish_every)),
+                dev_clock,
+                serve_cache_bytes: 256 << 20,
             },
-            Arc::new(SystemClock),
+            clock,
         )
         .await?;
         tracing::info!(
             address = %app.local_addr()?,
             database = %redact(&settings.store.database_url),
             data_dir = %settings.store.data_dir.display(),
+            published = %redact(&settings.publish_to),
             "confidant is serving"
         );
         app.run_until_stopped(shutdown_signal()).await?;

@@ -1,0 +1,581 @@
+//! The background jobs: the publisher turns accepted keys into signed, immutable files, and the
+//! janitor forgets what retention says is due.
+//!
+//! Each run closes every window that is due, stream by stream and in order: it selects the
+//! keys that left embargo in the window (`core::publish`), protects small batches, writes the
+//! files (a path is written once), then records a `BatchPublished` event. The event is the
+//! commit point: a crash before it leaves at most files that the next run adopts unchanged.
+//! Several instances may run against one database: a lease in the store elects the one that
+//! publishes, and the store refuses a window whose cursor has already moved.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use confidant_core::feed::{self, FeedFile, FeedFollower, FeedIndex, IndexEntry};
+use confidant_core::publish::{
+    self, BatchDecision, PUBLISHED_KEY_MAX_AGE, PublicationPolicy, RetentionPolicy, Stream, Window,
+};
+use confidant_core::{Cursor, Digest, KeyData, PublishedFile, Region, StoredKey, UnixSeconds};
+use confidant_store::{RetentionReport, Store, StoreError};
+use rand_core::OsRng;
+use sha2::{Digest as _, Sha256};
+
+use crate::files::{FileStore, FileStoreError, ServeCache};
+
+/// How a region publishes: its name inside export files, its signing keys, its rules.
+#[derive(Clone)]
+pub struct RegionSettings {
+    /// The `region` field of export.bin (e.g. "CA" for MCC 302).
+    pub export_region: String,
+    /// Newest key first; every file carries a signature from each.
+    pub signers: Vec<gaen::Signer>,
+    /// Names the feed's signing key (the first signer's key) in feed files.
+    pub feed_key_id: String,
+    pub policy: PublicationPolicy,
+    /// The COVID Shield exposure configuration served for the region.
+    pub exposure_configuration: serde_json::Value,
+}
+
+/// The exposure configuration COVID Shield's servers shipped (`covidshield.md`).
+pub fn default_exposure_configuration() -> serde_json::Value {
+    serde_json::json!({
+        "minimumRiskScore": 1,
+        "attenuationLevelValues": [0, 5, 5, 5, 5, 5, 5, 5],
+        "attenuationWeight": 50,
+        "daysSinceLastExposureLevelValues": [1, 1, 1, 1, 1, 1, 1, 1],
+        "daysSinceLastExposureWeight": 50,
+        "durationLevelValues": [0, 0, 0, 0, 5, 5, 5, 5],
+        "durationWeight": 50,
+        "transmissionRiskLevelValues": [1, 1, 1, 1, 1, 1, 1, 1],
+        "transmissionRiskWeight": 50
+    })
+}
+
+/// Publication settings of a deployment.
+#[derive(Clone)]
+pub struct PublishSettings {
+    /// Regions configured explicitly; others (found through their providers) get defaults.
+    pub regions: BTreeMap<Region, RegionSettings>,
+    /// Signs the files of regions without keys of their own.
+    pub default_key: gaen::SigningKey,
+    pub default_policy: PublicationPolicy,
+    pub retention: RetentionPolicy,
+    /// Seconds between janitor runs.
+    pub janitor_interval: u64,
+}
+
+impl PublishSettings {
+    /// Default rules for every region, all signed with `default_key`.
+    pub fn new(default_key: gaen::SigningKey) -> Self {
+        Self {
+            regions: BTreeMap::new(),
+            default_key,
+            default_policy: PublicationPolicy::default(),
+            retention: RetentionPolicy::default(),
+            janitor_interval: 3600,
+        }
+    }
+
+    /// A region's settings: configured, or defaults with key id = the region and version v1.
+    pub fn region(&self, region: &Region) -> RegionSettings {
+        if let Some(settings) = self.regions.get(region) {
+            return settings.clone();
+        }
+        RegionSettings {
+            export_region: region.to_string(),
+            signers: vec![gaen::Signer {
+                key: self.default_key.clone(),
+                info: gaen::SignatureInfo::new(region.as_str(), "v1"),
+            }],
+            feed_key_id: format!("{region}-v1"),
+            policy: self.default_policy.clone(),
+            exposure_configuration: default_exposure_configuration(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Files(#[from] FileStoreError),
+    #[error("building a file failed: {0}")]
+    Build(String),
+    #[error("published file {path} does not match the log: {problem}")]
+    Inconsistent { path: String, problem: String },
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// False when another instance holds the lease.
+    pub leader: bool,
+    pub windows: u32,
+    pub files: u32,
+    pub keys: u64,
+    pub retention: Option<RetentionReport>,
+}
+
+const LEASE: &str = "publisher";
+/// A leader that stops renewing is replaced after this long.
+pub const LEASE_SECONDS: u64 = 120;
+
+pub struct Publisher {
+    store: Store,
+    files: FileStore,
+    serve_cache: Arc<ServeCache>,
+    settings: PublishSettings,
+    instance: String,
+    /// Feed live sets by region, kept between runs; rebuilt from the files when stale.
+    feeds: Mutex<HashMap<Region, FeedFollower>>,
+    /// One run at a time in this process.
+    running: tokio::sync::Mutex<Option<UnixSeconds>>,
+}
+
+fn digest(bytes: &[u8]) -> Digest {
+    Digest(Sha256::digest(bytes).into())
+}
+
+impl Publisher {
+    pub fn new(
+        store: Store,
+        files: FileStore,
+        serve_cache: Arc<ServeCache>,
+        settings: PublishSettings,
+    ) -> Self {
+        let mut id = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut id);
+        Self {
+            store,
+            files,
+            serve_cache,
+            settings,
+            instance: hex::encode(id),
+            feeds: Mutex::new(HashMap::new()),
+            running: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &PublishSettings {
+        &self.settings
+    }
+
+    /// Publishes every window due at `now` and runs the janitor when its interval has passed,
+    /// if this instance holds (or takes) the lease.
+    pub async fn run_due(&self, now: UnixSeconds) -> Result<RunReport, PublishError> {
+        let mut last_janitor = self.running.lock().await;
+        let mut report = RunReport::default();
+        if !self
+            .store
+            .try_lease(LEASE, &self.instance, now, LEASE_SECONDS)
+            .await?
+        {
+            return Ok(report);
+        }
+        report.leader = true;
+        let started = Instant::now();
+        let mut regions: BTreeSet<Region> = self.settings.regions.keys().cloned().collect();
+        regions.extend(self.store.regions().await?);
+        for region in &regions {
+            let settings = self.settings.region(region);
+            for stream in Stream::ALL {
+                self.publish_stream(region, &settings, stream, now, &mut report)
+                    .await?;
+            }
+        }
+        if report.windows > 0 {
+            for region in &regions {
+                self.write_indices(region).await?;
+            }
+            metrics::histogram!("confidant_publish_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        let due = last_janitor.is_none_or(|last| now >= last + self.settings.janitor_interval);
+        if due {
+            report.retention = Some(self.janitor(now, &regions).await?);
+            *last_janitor = Some(now);
+        }
+        Ok(report)
+    }
+
+    /// Gives the lease up so that another instance takes over at once.
+    pub async fn resign(&self) {
+        self.store.release_lease(LEASE, &self.instance).await.ok();
+    }
+
+    async fn publish_stream(
+        &self,
+        region: &Region,
+        settings: &RegionSettings,
+        stream: Stream,
+        now: UnixSeconds,
+        report: &mut RunReport,
+    ) -> Result<(), PublishError> {
+        let policy = &settings.policy;
+        let period = policy.period(stream);
+        loop {
+            let cursor = self.store.cursor(region, stream).await?;
+            let first_available = match cursor {
+                Some(_) => None,
+                None => self
+                    .store
+                    .first_key_hour(region)
+                    .await?
+                    .map(|hour| (hour + 1) * 3600),
+            };
+            let Some(window) = publish::next_window(cursor.as_ref(), period, now, first_available)
+            else {
+                return Ok(());
+            };
+            let real = self.keys_for(region, policy, window).await?;
+            let decision = publish::decide_batch(policy.small_batch, real.len(), &mut OsRng);
+            let mut keys = match decision {
+                BatchDecision::Hold => Vec::new(),
+                BatchDecision::Publish { .. } => real.clone(),
+            };
+            if let BatchDecision::Publish { padding } = decision
+                && padding > 0
+            {
+                keys.extend(publish::padding_keys(&real, padding, &mut OsRng));
+            }
+            let (files, seq, chain_hash) = match stream {
+                Stream::Exports | Stream::Daily => {
+                    let files = self
+                        .write_exports(region, settings, stream, window, &keys)
+                        .await?;
+                    (files, 0, Digest([0; 32]))
+                }
+                Stream::Feed => {
+                    self.write_feed(region, settings, cursor.as_ref(), window, keys.clone())
+                        .await?
+                }
+            };
+            let file_count = files.len() as u32;
+            let event = publish::published(
+                region.clone(),
+                stream,
+                window,
+                decision,
+                real.len(),
+                seq,
+                chain_hash,
+                files,
+            );
+            match self.store.publish(event).await {
+                Ok(()) => {}
+                // Another instance published this window first: its files stand.
+                Err(StoreError::Conflict) => {
+                    self.feeds.lock().expect("feeds lock").remove(region);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.feeds.lock().expect("feeds lock").remove(region);
+                    return Err(e.into());
+                }
+            }
+            let published = if matches!(decision, BatchDecision::Hold) {
+                0
+            } else {
+                real.len() as u64
+            };
+            report.windows += 1;
+            report.files += file_count;
+            report.keys += published;
+            metrics::counter!("confidant_keys_published_total", "stream" => stream.name())
+                .increment(published);
+            metrics::histogram!("confidant_batch_keys", "stream" => stream.name())
+                .record(keys.len() as f64);
+            tracing::info!(
+                region = %region,
+                stream = %stream,
+                start = window.start,
+                end = window.end,
+                keys = published,
+                padding = keys.len() as u64 - published.min(keys.len() as u64),
+                held = matches!(decision, BatchDecision::Hold),
+                "published a window"
+            );
+        }
+    }
+
+    /// Real keys that left embargo in the window (from `keys_from`), not yet too old.
+    async fn keys_for(
+        &self,
+        region: &Region,
+        policy: &PublicationPolicy,
+        window: Window,
+    ) -> Result<Vec<StoredKey>, PublishError> {
+        let margin = policy.embargo_margin;
+        let from_hour = publish::earliest_hour_available_from(window.keys_from, margin);
+        let candidates = self
+            .store
+            .keys_submitted(region, from_hour, window.end / 3600 + 1)
+            .await?;
+        Ok(candidates
+            .into_iter()
+            .filter(|(key, hour)| {
+                let available = publish::available_at(*hour, key, margin);
+                (window.keys_from..window.end).contains(&available)
+                    && publish::valid_until(key) + PUBLISHED_KEY_MAX_AGE > window.end
+            })
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    async fn write_exports(
+        &self,
+        region: &Region,
+        settings: &RegionSettings,
+        stream: Stream,
+        window: Window,
+        keys: &[StoredKey],
+    ) -> Result<Vec<PublishedFile>, PublishError> {
+        let zips = publish::export_files(
+            &settings.export_region,
+            window.start,
+            window.end,
+            keys,
+            &settings.signers,
+            settings.policy.max_keys_per_file,
+        )
+        .map_err(|e| PublishError::Build(e.to_string()))?;
+        let dir = export_dir(region, stream);
+        let mut files = Vec::with_capacity(zips.len());
+        for (index, zip) in zips.into_iter().enumerate() {
+            let path = format!("{dir}/{}-{}-{:05}.zip", window.start, window.end, index + 1);
+            let stored = self.files.put_immutable(&path, zip).await?;
+            files.push(PublishedFile {
+                sha256: digest(&stored),
+                bytes: stored.len() as u64,
+                path,
+                seq: 0,
+            });
+        }
+        Ok(files)
+    }
+
+    /// The live set the feed has published up to `cursor`, from memory or from its files.
+    async fn feed_follower(
+        &self,
+        region: &Region,
+        cursor: Option<&Cursor>,
+    ) -> Result<FeedFollower, PublishError> {
+        let (seq, hash) = cursor.map_or((0, [0; 32]), |c| (c.seq, c.chain_hash.0));
+        if let Some(follower) = self.feeds.lock().expect("feeds lock").get(region)
+            && follower.seq() == seq
+            && follower.last_hash() == hash
+        {
+            return Ok(follower.clone());
+        }
+        if seq == 0 {
+            return Ok(FeedFollower::new(region.clone()));
+        }
+        let records = self.store.files(region, Stream::Feed).await?;
+        let snapshot = records
+            .iter()
+            .filter(|(path, r)| is_snapshot(path) && r.seq <= seq)
+            .max_by_key(|(_, r)| r.seq);
+        let mut follower = match snapshot {
+            Some((path, _)) => {
+                let file = self.read_feed_file(path).await?.1;
+                FeedFollower::from_snapshot(&file).map_err(|e| inconsistent(path, e))?
+            }
+            None => FeedFollower::new(region.clone()),
+        };
+        let mut deltas: Vec<_> = records
+            .iter()
+            .filter(|(path, r)| !is_snapshot(path) && r.seq > follower.seq() && r.seq <= seq)
+            .collect();
+        deltas.sort_by_key(|(_, r)| r.seq);
+        for (path, _) in deltas {
+            let (bytes, file) = self.read_feed_file(path).await?;
+            follower
+                .apply(&bytes, &file)
+                .map_err(|e| inconsistent(path, e))?;
+        }
+        if follower.seq() != seq || follower.last_hash() != hash {
+            return Err(PublishError::Inconsistent {
+                path: format!("feed/{region}"),
+                problem: format!(
+                    "the files reach delta {}, the log says {seq}",
+                    follower.seq()
+                ),
+            });
+        }
+        Ok(follower)
+    }
+
+    async fn read_feed_file(&self, path: &str) -> Result<(bytes::Bytes, FeedFile), PublishError> {
+        let bytes = self
+            .files
+            .get(path)
+            .await?
+            .ok_or_else(|| PublishError::Inconsistent {
+                path: path.to_owned(),
+                problem: "the file is missing".into(),
+            })?;
+        let file = feed::decode(&bytes).map_err(|e| inconsistent(path, e))?;
+        Ok((bytes, file))
+    }
+
+    /// Writes the window's delta (and a snapshot when one is due); returns the files, the new
+    /// seq and the delta's hash.
+    async fn write_feed(
+        &self,
+        region: &Region,
+        settings: &RegionSettings,
+        cursor: Option<&Cursor>,
+        window: Window,
+        added: Vec<StoredKey>,
+    ) -> Result<(Vec<PublishedFile>, u64, Digest), PublishError> {
+        let mut follower = self.feed_follower(region, cursor).await?;
+        let removed: Vec<KeyData> = follower
+            .live()
+            .values()
+            .filter(|k| publish::valid_until(k) + PUBLISHED_KEY_MAX_AGE <= window.end)
+            .map(|k| k.key_data)
+            .collect();
+        let added: Vec<StoredKey> = added
+            .into_iter()
+            .filter(|k| !follower.live().contains_key(&k.key_data))
+            .collect();
+        let delta = follower.next_delta(window.start, window.end, added, removed);
+        let signer = &settings.signers[0].key;
+        let bytes = delta
+            .encode(signer, &settings.feed_key_id)
+            .map_err(|e| PublishError::Build(e.to_string()))?;
+        let dir = format!("feed/{region}");
+        let delta_path = format!("{dir}/{}", feed::delta_name(delta.seq));
+        let stored = self.files.put_immutable(&delta_path, bytes).await?;
+        follower
+            .apply(&stored, &delta)
+            .map_err(|e| inconsistent(&delta_path, e))?;
+        let hash = feed::file_hash(&stored);
+        let mut files = vec![PublishedFile {
+            path: delta_path,
+            sha256: Digest(hash),
+            bytes: stored.len() as u64,
+            seq: delta.seq,
+        }];
+        let every = settings.policy.snapshot_every.max(1);
+        if delta.seq == 1 || delta.seq % every == 0 {
+            let snapshot = follower.snapshot(window.end);
+            let bytes = snapshot
+                .encode(signer, &settings.feed_key_id)
+                .map_err(|e| PublishError::Build(e.to_string()))?;
+            let path = format!("{dir}/{}", feed::snapshot_name(snapshot.seq));
+            let stored = self.files.put_immutable(&path, bytes).await?;
+            files.push(PublishedFile {
+                path,
+                sha256: digest(&stored),
+                bytes: stored.len() as u64,
+                seq: snapshot.seq,
+            });
+        }
+        let seq = follower.seq();
+        self.feeds
+            .lock()
+            .expect("feeds lock")
+            .insert(region.clone(), follower);
+        Ok((files, seq, Digest(hash)))
+    }
+
+    /// Rewrites the region's indices from the log's list of live files.
+    async fn write_indices(&self, region: &Region) -> Result<(), PublishError> {
+        for stream in [Stream::Exports, Stream::Daily] {
+            let mut text = String::new();
+            for (path, _) in self.store.files(region, stream).await? {
+                text.push_str(&path);
+                text.push('\n');
+            }
+            let path = format!("{}/index.txt", export_dir(region, stream));
+            self.files.put_index(&path, text.into_bytes()).await?;
+        }
+        let records = self.store.files(region, Stream::Feed).await?;
+        let entry = |path: &str, r: &confidant_core::FileRecord| IndexEntry {
+            seq: r.seq,
+            file: path.rsplit('/').next().unwrap_or(path).to_owned(),
+            sha256: hex::encode(r.sha256.0),
+            start: if is_snapshot(path) { r.end } else { r.start },
+            end: r.end,
+            bytes: r.bytes,
+        };
+        let snapshot = records
+            .iter()
+            .filter(|(path, _)| is_snapshot(path))
+            .max_by_key(|(_, r)| r.seq)
+            .map(|(path, r)| entry(path, r));
+        let after = snapshot.as_ref().map_or(0, |s| s.seq);
+        let mut deltas: Vec<IndexEntry> = records
+            .iter()
+            .filter(|(path, r)| !is_snapshot(path) && r.seq > after)
+            .map(|(path, r)| entry(path, r))
+            .collect();
+        deltas.sort_by_key(|d| d.seq);
+        let index = FeedIndex::new(region.clone(), snapshot, deltas);
+        let json = serde_json::to_vec(&index).expect("the index serialises");
+        self.files
+            .put_index(&format!("feed/{region}/index.json"), json)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets what retention says is due at `now`, then deletes the retired files.
+    async fn janitor(
+        &self,
+        now: UnixSeconds,
+        regions: &BTreeSet<Region>,
+    ) -> Result<RetentionReport, PublishError> {
+        let retention = self.settings.retention;
+        let report = self
+            .store
+            .apply_retention(
+                retention.applied_at(now),
+                retention.key_events_before_hour(now),
+            )
+            .await?;
+        // The indices must stop listing a file before it disappears.
+        for region in regions {
+            self.write_indices(region).await?;
+        }
+        for path in &report.retired_files {
+            self.files.delete(path).await?;
+            self.serve_cache.evict(path);
+        }
+        metrics::counter!("confidant_retention_removed_total", "kind" => "keys")
+            .increment(report.keys);
+        metrics::counter!("confidant_retention_removed_total", "kind" => "files")
+            .increment(report.retired_files.len() as u64);
+        tracing::info!(
+            codes = report.codes,
+            claims = report.claims,
+            keys = report.keys,
+            files = report.retired_files.len(),
+            purged_events = report.purged_events,
+            "retention applied"
+        );
+        Ok(report)
+    }
+}
+
+fn export_dir(region: &Region, stream: Stream) -> String {
+    match stream {
+        Stream::Daily => format!("exports/{region}/daily"),
+        _ => format!("exports/{region}"),
+    }
+}
+
+fn is_snapshot(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("snapshot-"))
+}
+
+fn inconsistent(path: &str, error: impl std::fmt::Display) -> PublishError {
+    PublishError::Inconsistent {
+        path: path.to_owned(),
+        problem: error.to_string(),
+    }
+}
