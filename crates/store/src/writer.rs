@@ -277,7 +277,11 @@ async fn run_batch(
         append_events(conn, &events).await?;
         overlay.write_back(conn).await?;
     }
+    let committing = std::time::Instant::now();
     conn.commit().await?;
+    metrics::histogram!("confidant_store_commit_seconds")
+        .record(committing.elapsed().as_secs_f64());
+    metrics::histogram!("confidant_store_batch_requests").record(batch.len() as f64);
     Ok(results)
 }
 

@@ -9,7 +9,7 @@ use confidant_store::Dialect;
 use confidant_store::testing::TestDatabase;
 use serde_json::{Value, json};
 
-use crate::{confidant, fails, ok, path_str};
+use crate::{confidant, fails, ok, path_str, run_match};
 
 struct Server {
     child: Child,
@@ -18,6 +18,10 @@ struct Server {
 
 /// Starts `confidant serve` on a free port and waits for its "serving" log line.
 fn serve(data_dir: &Path, database_url: Option<&str>) -> Server {
+    serve_with(data_dir, database_url, &[])
+}
+
+fn serve_with(data_dir: &Path, database_url: Option<&str>, extra: &[&str]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_confidant"));
     command
         .args([
@@ -35,6 +39,7 @@ fn serve(data_dir: &Path, database_url: Option<&str>) -> Server {
     if let Some(url) = database_url {
         command.args(["--database-url", url]);
     }
+    command.args(extra);
     let mut child = command.spawn().expect("serve starts");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
@@ -275,4 +280,130 @@ async fn forwarded_addresses_are_not_trusted_by_default() {
     }
     assert_eq!(last, reqwest::StatusCode::TOO_MANY_REQUESTS);
     server.stop();
+}
+
+/// The whole path a report takes, as the "done when" states it: `confidant serve --dev`
+/// with defaults publishes signed exports, and `confidant match` finds the exposure in files
+/// fetched over HTTP from `/exports`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_exposure_is_found_in_exports_fetched_over_http() {
+    for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+        let data = tempfile::tempdir().expect("tempdir");
+        let db = TestDatabase::create(dialect).await;
+        let url = (dialect == Dialect::Postgres).then(|| db.url().to_owned());
+        let url = url.as_deref();
+        let server = serve_with(data.path(), url, &["--dev"]);
+        let http = reqwest::Client::new();
+        let mut add = vec!["provider", "add", "--name", "Lab", "--region", "302"];
+        add.extend(store_args(data.path(), url));
+        let printed = ok(confidant(&add));
+        let token = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("api token:"))
+            .expect("token")
+            .trim()
+            .to_owned();
+        let post = |path: &str, token: Option<&str>, body: Value| {
+            let mut request = http.post(format!("{}{path}", server.base)).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                let response = request.send().await.expect("request");
+                assert!(response.status().is_success(), "{}", response.status());
+                response.json::<Value>().await.expect("json")
+            }
+        };
+        let code = post("/v1/codes", Some(&token), json!({"format": "long"})).await;
+        let verified = post("/v1/verify", None, json!({"code": code["code"]})).await;
+        let upload_token = verified["token"].as_str().expect("token").to_owned();
+
+        // Yesterday's key of the person who tested positive, and what a phone nearby heard.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let yesterday = (now / 600) / 144 * 144 - 144;
+        let tek = "0123456789abcdef0123456789abcdef";
+        let heard = ok(confidant(&[
+            "keys",
+            "derive",
+            "--tek",
+            tek,
+            "--rsin",
+            &yesterday.to_string(),
+        ]));
+        let observations = data.path().join("observations.txt");
+        let sample: Vec<&str> = heard.lines().skip(40).take(3).collect();
+        std::fs::write(&observations, sample.join("\n")).expect("observations");
+        let key = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            hex::decode(tek).expect("hex"),
+        );
+        let submitted = post(
+            "/v1/submissions",
+            Some(&upload_token),
+            json!({"keys": [{"key": key, "rollingStartNumber": yesterday, "rollingPeriod": 144, "transmissionRisk": 5}]}),
+        )
+        .await;
+        assert_eq!(submitted["inserted"], 1);
+
+        // Not published before the submission hour is over; out after the clock moves on.
+        let index_url = format!("{}/exports/302/index.txt", server.base);
+        let listed = |text: String| text.lines().map(str::to_owned).collect::<Vec<_>>();
+        let before = http.get(&index_url).send().await.expect("index");
+        let before = if before.status() == 200 {
+            listed(before.text().await.expect("text"))
+        } else {
+            Vec::new()
+        };
+        let moved = post("/dev/clock", None, json!({"advanceSeconds": 7200})).await;
+        assert!(moved["now"].as_u64().expect("now") >= now + 7200);
+        assert!(
+            moved["keysPublished"].as_u64().expect("count") >= 1,
+            "{moved}"
+        );
+        let after = listed(
+            http.get(&index_url)
+                .send()
+                .await
+                .expect("index")
+                .text()
+                .await
+                .expect("text"),
+        );
+        assert!(after.len() > before.len(), "{after:?}");
+
+        let downloads = data.path().join("downloads");
+        std::fs::create_dir_all(&downloads).expect("dir");
+        for path in &after {
+            let bytes = http
+                .get(format!("{}/{path}", server.base))
+                .send()
+                .await
+                .expect("file")
+                .bytes()
+                .await
+                .expect("bytes");
+            let name = path.rsplit('/').next().expect("name");
+            std::fs::write(downloads.join(name), bytes).expect("write");
+        }
+        let public_key = data.path().join("signing-key.pub.pem");
+        let output = run_match(&observations, &public_key, &downloads, &[]);
+        let found = ok(output);
+        assert_eq!(found.lines().count(), 3, "every heard RPI matches: {found}");
+
+        // Without --dev the clock cannot be moved.
+        server.stop();
+        let plain = serve(data.path(), url);
+        let response = http
+            .post(format!("{}/dev/clock", plain.base))
+            .json(&json!({"advanceSeconds": 1}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 404);
+        plain.stop();
+        db.finish().await;
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::{BOTH, PROVIDER_TOKEN, T0, TestServer, rolling_start};
 
-fn keys(seeds: &[u8]) -> Value {
+pub fn keys(seeds: &[u8]) -> Value {
     json!(
         seeds
             .iter()
@@ -24,7 +24,7 @@ fn keys(seeds: &[u8]) -> Value {
     )
 }
 
-async fn post(
+pub async fn post(
     server: &TestServer,
     path: &str,
     token: Option<&str>,
@@ -45,7 +45,7 @@ async fn post(
     (status, body, content_type)
 }
 
-async fn verify(server: &TestServer, code: &str) -> String {
+pub async fn verify(server: &TestServer, code: &str) -> String {
     let (status, body, _) = post(server, "/v1/verify", None, json!({"code": code})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["keyBudget"], 43);
