@@ -31,6 +31,9 @@ pub enum Command {
     /// Inspect, verify and build GAEN export files (export.bin + export.sig in a zip)
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Verify a downloaded key feed and inspect its snapshot and delta files (.cfeed)
+    #[command(subcommand)]
+    Feed(FeedCommand),
     /// Generate signing keys and derive RPIs from a key
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -140,6 +143,32 @@ pub struct BuildArgs {
 }
 
 #[derive(Subcommand)]
+pub enum FeedCommand {
+    /// Verify a copy of /feed/{region}/: index.json, sizes, SHA-256, signatures and the chain;
+    /// exits 0 only if everything checks
+    Verify {
+        /// Folder holding index.json and the snapshot-*.cfeed and delta-*.cfeed files
+        dir: PathBuf,
+        /// Public key (PEM, SubjectPublicKeyInfo); repeat across a key rotation: a file passes
+        /// if any of them verifies it
+        #[arg(long = "public-key", value_name = "PEM", required = true)]
+        public_keys: Vec<PathBuf>,
+    },
+    /// Show a feed file's header, window, key id and a summary of its keys
+    Inspect {
+        /// A snapshot-*.cfeed or delta-*.cfeed file
+        file: PathBuf,
+        /// Also print one line per key: `+ key_hex rolling_start rolling_period risk` for each
+        /// added key, `- key_hex` for each removed one
+        #[arg(long)]
+        keys: bool,
+        /// Also check the signature (PEM); repeatable, any one of them may verify it
+        #[arg(long = "public-key", value_name = "PEM")]
+        public_keys: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum KeysCommand {
     /// Write a new P-256 signing key pair: signing-key.pem (PKCS#8) and public-key.pem
     Generate {
@@ -217,6 +246,12 @@ pub enum BenchCommand {
     },
     /// Build, sign and zip an export, then read and verify it
     Export {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+    },
+    /// Publish one batch as the publisher does: exports, feed delta and snapshot, written
+    /// durably; reports time and bytes per key
+    Publish {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },

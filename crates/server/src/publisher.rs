@@ -180,9 +180,17 @@ impl Publisher {
         regions.extend(self.store.regions().await?);
         for region in &regions {
             let settings = self.settings.region(region);
-            for stream in Stream::ALL {
-                self.publish_stream(region, &settings, stream, now, &mut report)
-                    .await?;
+            // Streams are independent; building files runs on blocking threads, so the
+            // exports and the feed of a large batch are built in parallel.
+            let (exports, daily, feed) = tokio::join!(
+                self.publish_stream(region, &settings, Stream::Exports, now),
+                self.publish_stream(region, &settings, Stream::Daily, now),
+                self.publish_stream(region, &settings, Stream::Feed, now),
+            );
+            for stream_report in [exports?, daily?, feed?] {
+                report.windows += stream_report.windows;
+                report.files += stream_report.files;
+                report.keys += stream_report.keys;
             }
         }
         if report.windows > 0 {
@@ -211,8 +219,8 @@ impl Publisher {
         settings: &RegionSettings,
         stream: Stream,
         now: UnixSeconds,
-        report: &mut RunReport,
-    ) -> Result<(), PublishError> {
+    ) -> Result<RunReport, PublishError> {
+        let mut report = RunReport::default();
         let policy = &settings.policy;
         let period = policy.period(stream);
         loop {
@@ -227,7 +235,7 @@ impl Publisher {
             };
             let Some(window) = publish::next_window(cursor.as_ref(), period, now, first_available)
             else {
-                return Ok(());
+                return Ok(report);
             };
             let real = self.keys_for(region, policy, window).await?;
             let decision = publish::decide_batch(policy.small_batch, real.len(), &mut OsRng);
@@ -268,7 +276,7 @@ impl Publisher {
                 // Another instance published this window first: its files stand.
                 Err(StoreError::Conflict) => {
                     self.feeds.lock().expect("feeds lock").remove(region);
-                    return Ok(());
+                    return Ok(report);
                 }
                 Err(e) => {
                     self.feeds.lock().expect("feeds lock").remove(region);
@@ -332,14 +340,24 @@ impl Publisher {
         window: Window,
         keys: &[StoredKey],
     ) -> Result<Vec<PublishedFile>, PublishError> {
-        let zips = publish::export_files(
-            &settings.export_region,
-            window.start,
-            window.end,
-            keys,
-            &settings.signers,
+        let (export_region, signers, max_keys) = (
+            settings.export_region.clone(),
+            settings.signers.clone(),
             settings.policy.max_keys_per_file,
-        )
+        );
+        let keys = keys.to_vec();
+        let zips = tokio::task::spawn_blocking(move || {
+            publish::export_files(
+                &export_region,
+                window.start,
+                window.end,
+                &keys,
+                &signers,
+                max_keys,
+            )
+        })
+        .await
+        .map_err(|e| PublishError::Build(e.to_string()))?
         .map_err(|e| PublishError::Build(e.to_string()))?;
         let dir = export_dir(region, stream);
         let mut files = Vec::with_capacity(zips.len());
@@ -363,11 +381,13 @@ impl Publisher {
         cursor: Option<&Cursor>,
     ) -> Result<FeedFollower, PublishError> {
         let (seq, hash) = cursor.map_or((0, [0; 32]), |c| (c.seq, c.chain_hash.0));
-        if let Some(follower) = self.feeds.lock().expect("feeds lock").get(region)
+        // Taken out of the cache (not cloned: it holds every live key); put back when the
+        // next delta is recorded.
+        if let Some(follower) = self.feeds.lock().expect("feeds lock").remove(region)
             && follower.seq() == seq
             && follower.last_hash() == hash
         {
-            return Ok(follower.clone());
+            return Ok(follower);
         }
         if seq == 0 {
             return Ok(FeedFollower::new(region.clone()));
@@ -430,48 +450,51 @@ impl Publisher {
         window: Window,
         added: Vec<StoredKey>,
     ) -> Result<(Vec<PublishedFile>, u64, Digest), PublishError> {
-        let mut follower = self.feed_follower(region, cursor).await?;
-        let removed: Vec<KeyData> = follower
-            .live()
-            .values()
-            .filter(|k| publish::valid_until(k) + PUBLISHED_KEY_MAX_AGE <= window.end)
-            .map(|k| k.key_data)
-            .collect();
-        let added: Vec<StoredKey> = added
-            .into_iter()
-            .filter(|k| !follower.live().contains_key(&k.key_data))
-            .collect();
-        let delta = follower.next_delta(window.start, window.end, added, removed);
-        let signer = &settings.signers[0].key;
-        let bytes = delta
-            .encode(signer, &settings.feed_key_id)
-            .map_err(|e| PublishError::Build(e.to_string()))?;
+        let follower = self.feed_follower(region, cursor).await?;
+        let signer = settings.signers[0].key.clone();
+        let key_id = settings.feed_key_id.clone();
+        let every = settings.policy.snapshot_every.max(1);
+        let built = tokio::task::spawn_blocking(move || {
+            build_feed_files(follower, window, added, &signer, &key_id, every)
+        })
+        .await
+        .map_err(|e| PublishError::Build(e.to_string()))?
+        .map_err(|e| PublishError::Build(e.to_string()))?;
         let dir = format!("feed/{region}");
-        let delta_path = format!("{dir}/{}", feed::delta_name(delta.seq));
-        let stored = self.files.put_immutable(&delta_path, bytes).await?;
-        follower
-            .apply(&stored, &delta)
-            .map_err(|e| inconsistent(&delta_path, e))?;
+        let delta_path = format!("{dir}/{}", feed::delta_name(built.seq));
+        let stored = self.files.put_immutable(&delta_path, built.delta).await?;
         let hash = feed::file_hash(&stored);
+        let mut follower = built.follower;
+        let mut snapshot = built.snapshot;
+        if hash != follower.last_hash() {
+            // A run that crashed before recording wrote this delta: the file stands, so the
+            // chain continues from what it says.
+            let adopted = feed::decode(&stored).map_err(|e| inconsistent(&delta_path, e))?;
+            follower = self.feed_follower(region, cursor).await?;
+            follower
+                .apply(&stored, &adopted)
+                .map_err(|e| inconsistent(&delta_path, e))?;
+            if let Some(bytes) = snapshot.as_mut() {
+                *bytes = follower
+                    .snapshot(window.end)
+                    .encode(&settings.signers[0].key, &settings.feed_key_id)
+                    .map_err(|e| PublishError::Build(e.to_string()))?;
+            }
+        }
         let mut files = vec![PublishedFile {
             path: delta_path,
             sha256: Digest(hash),
             bytes: stored.len() as u64,
-            seq: delta.seq,
+            seq: built.seq,
         }];
-        let every = settings.policy.snapshot_every.max(1);
-        if delta.seq == 1 || delta.seq % every == 0 {
-            let snapshot = follower.snapshot(window.end);
-            let bytes = snapshot
-                .encode(signer, &settings.feed_key_id)
-                .map_err(|e| PublishError::Build(e.to_string()))?;
-            let path = format!("{dir}/{}", feed::snapshot_name(snapshot.seq));
+        if let Some(bytes) = snapshot {
+            let path = format!("{dir}/{}", feed::snapshot_name(built.seq));
             let stored = self.files.put_immutable(&path, bytes).await?;
             files.push(PublishedFile {
                 path,
                 sha256: digest(&stored),
                 bytes: stored.len() as u64,
-                seq: snapshot.seq,
+                seq: built.seq,
             });
         }
         let seq = follower.seq();
@@ -578,4 +601,50 @@ fn inconsistent(path: &str, error: impl std::fmt::Display) -> PublishError {
         path: path.to_owned(),
         problem: error.to_string(),
     }
+}
+
+/// A window's feed files, built off the async threads.
+pub struct FeedFiles {
+    /// The live set after the delta.
+    pub follower: FeedFollower,
+    pub seq: u64,
+    pub delta: Vec<u8>,
+    /// Written with the first delta and every `snapshot_every` deltas.
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// The delta for `window` (keys expired by then removed, new keys added), applied to the live
+/// set, and a snapshot when one is due.
+pub fn build_feed_files(
+    mut follower: FeedFollower,
+    window: Window,
+    added: Vec<StoredKey>,
+    signer: &gaen::SigningKey,
+    key_id: &str,
+    snapshot_every: u64,
+) -> Result<FeedFiles, feed::FeedError> {
+    let removed: Vec<KeyData> = follower
+        .live()
+        .values()
+        .filter(|k| publish::valid_until(k) + PUBLISHED_KEY_MAX_AGE <= window.end)
+        .map(|k| k.key_data)
+        .collect();
+    let added: Vec<StoredKey> = added
+        .into_iter()
+        .filter(|k| !follower.live().contains_key(&k.key_data))
+        .collect();
+    let delta = follower.next_delta(window.start, window.end, added, removed);
+    let bytes = delta.encode(signer, key_id)?;
+    follower.apply(&bytes, &delta)?;
+    let snapshot = if delta.seq == 1 || delta.seq % snapshot_every.max(1) == 0 {
+        Some(follower.snapshot(window.end).encode(signer, key_id)?)
+    } else {
+        None
+    };
+    Ok(FeedFiles {
+        follower,
+        seq: delta.seq,
+        delta: bytes,
+        snapshot,
+    })
 }

@@ -37,6 +37,9 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
             exports_dir,
         } => matching(keys, observations, exports_dir.as_deref()),
         BenchCommand::Export { keys } => export(keys),
+        BenchCommand::Publish { keys } => {
+            super::runtime()?.block_on(super::bench_publish::run(keys))
+        }
         BenchCommand::Submit {
             clients,
             submissions,

@@ -2,8 +2,10 @@
 
 mod admin;
 mod bench;
+mod bench_publish;
 mod bench_submit;
 mod export;
+mod feed;
 mod keys;
 mod matching;
 mod serve;
@@ -24,6 +26,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rebuild(args) => admin::rebuild(args),
         Command::Check(args) => admin::check(args),
         Command::Export(command) => export::run(command),
+        Command::Feed(command) => feed::run(command),
         Command::Keys(command) => keys::run(command),
         Command::Match(args) => matching::run(args),
         Command::Bench(command) => bench::run(command),

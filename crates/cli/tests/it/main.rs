@@ -2,6 +2,7 @@
 
 mod errors;
 mod export;
+mod feed;
 mod keys;
 mod matching;
 mod serve;
