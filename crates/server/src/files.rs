@@ -158,8 +158,8 @@ fn url_of(location: &str) -> Result<url::Url, String> {
     url::Url::parse(location).map_err(|e| format!("{location} is not a valid URL: {e}"))
 }
 
-/// How long clients and CDNs may keep an immutable file: as long as it can be listed.
-pub const IMMUTABLE_MAX_AGE: u64 = 14 * 86_400;
+/// Clients and CDNs may keep an immutable file as long as it can be listed: 14 days.
+const IMMUTABLE_CACHE_CONTROL: &str = "public, max-age=1209600, immutable";
 
 /// Indices change with every publication; everything else never changes.
 pub fn is_index(path: &str) -> bool {
@@ -295,13 +295,11 @@ async fn serve(state: &AppState, method: &Method, headers: &HeaderMap, path: Str
             }
         },
     };
-    let cache_control = if index {
-        HeaderValue::from_static("no-cache")
+    let cache_control = HeaderValue::from_static(if index {
+        "no-cache"
     } else {
-        HeaderValue::from_str(&format!("public, max-age={IMMUTABLE_MAX_AGE}, immutable"))
-            .expect("valid header")
-    };
-    let mut response_headers = HeaderMap::new();
+        IMMUTABLE_CACHE_CONTROL
+    });    let mut response_headers = HeaderMap::new();
     response_headers.insert(header::ETAG, cached.etag.clone());
     response_headers.insert(header::CACHE_CONTROL, cache_control);
     if not_modified(headers, &cached.etag) {

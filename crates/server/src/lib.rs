@@ -142,10 +142,18 @@ impl App {
             retrieval_secret: Arc::new(settings.retrieval_secret),
             day_cache: Arc::default(),
         };
-        let mut router = Router::new()
+        // Requests that touch the store get a deadline; static files answer from memory and
+        // skip the timer.
+        let api = Router::new()
             .merge(v1::routes())
             .merge(covidshield::routes())
             .merge(retrieve::routes())
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            ));
+        let mut router = Router::new()
+            .merge(api)
             .merge(files::routes())
             .merge(observe::routes())
             .route("/health", get(|| async { "ok\n" }))
@@ -155,11 +163,7 @@ impl App {
         }
         let router = router
             .with_state(state)
-            .layer(axum::middleware::from_fn(observe::track_latency))
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                Duration::from_secs(30),
-            ));
+            .layer(axum::middleware::from_fn(observe::track_latency));
         Ok(Self {
             listener,
             router,
@@ -200,8 +204,13 @@ impl App {
                 }
             })
         });
+        use axum::serve::ListenerExt;
+        // Answers are small and whole: send them at once rather than waiting on Nagle.
+        let listener = self.listener.tap_io(|tcp| {
+            tcp.set_nodelay(true).ok();
+        });
         let result = axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )

@@ -1,12 +1,14 @@
 //! Observability: `/metrics` in Prometheus text format, `/healthz` (the process answers) and
 //! `/readyz` (the store answers), and the middleware that times every request by route.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -62,23 +64,41 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Records `confidant_http_request_seconds{route, status}`: the route pattern, never the raw
-/// path (which could carry identifiers).
+/// Records `confidant_http_request_seconds{route, method, status}`: the route pattern, never
+/// the raw path (which could carry identifiers). Histogram handles are cached per thread, so
+/// the hot path neither allocates labels nor takes the registry's lock.
 pub async fn track_latency(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics::histogram!(
-        "confidant_http_request_seconds",
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_u16().to_string(),
-    )
-    .record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    thread_local! {
+        static HISTOGRAMS: RefCell<HashMap<(String, Method, u16), metrics::Histogram>> =
+            RefCell::new(HashMap::new());
+    }
+    HISTOGRAMS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        // Lookup by borrowed parts first; only a new combination allocates.
+        if let Some(histogram) = cache
+            .iter()
+            .find(|((r, m, s), _)| *s == status && *m == method && r == route)
+            .map(|(_, h)| h)
+        {
+            histogram.record(elapsed);
+            return;
+        }
+        let histogram = metrics::histogram!(
+            "confidant_http_request_seconds",
+            "route" => route.to_owned(),
+            "method" => method.as_str().to_owned(),
+            "status" => status.to_string(),
+        );
+        histogram.record(elapsed);
+        cache.insert((route.to_owned(), method, status), histogram);
+    });
     response
 }
 

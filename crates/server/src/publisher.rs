@@ -636,7 +636,7 @@ pub fn build_feed_files(
     let delta = follower.next_delta(window.start, window.end, added, removed);
     let bytes = delta.encode(signer, key_id)?;
     follower.apply(&bytes, &delta)?;
-    let snapshot = if delta.seq == 1 || delta.seq % snapshot_every.max(1) == 0 {
+    let snapshot = if delta.seq == 1 || delta.seq.is_multiple_of(snapshot_every.max(1)) {
         Some(follower.snapshot(window.end).encode(signer, key_id)?)
     } else {
         None

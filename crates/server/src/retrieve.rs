@@ -24,10 +24,12 @@ use crate::AppState;
 /// Days older than this answer 410 Gone.
 const MAX_AGE_DAYS: u64 = 14;
 
+type DayFiles = HashMap<(Region, u64), Bytes>;
+
 /// Built day files, by (region, day), valid while `today` stays the same.
 #[derive(Default)]
 pub struct DayCache {
-    entries: Mutex<(u64, HashMap<(Region, u64), Bytes>)>,
+    entries: Mutex<(u64, DayFiles)>,
 }
 
 impl DayCache {
