@@ -300,6 +300,21 @@ async fn an_unchanged_covid_shield_app_claims_and_uploads() {
         let another = new_key_claim(&server).await;
         let (status, response) = claim(&server, &mut app, &another).await;
         assert_eq!((status, response.error), (401, Some(INVALID_KEY)));
+
+        // What the app uploaded reaches phones: in the exports once out of embargo (the
+        // default padding adds fakes around the four real keys), and in COVID Shield's
+        // retrieval of the first day.
+        server
+            .publisher
+            .run_due(T0 + 2 * 86_400)
+            .await
+            .expect("publishes");
+        let published = crate::publication::export_keys(&server, "/exports/302/index.txt").await;
+        assert_eq!(
+            crate::publication::seeds_of(&published),
+            std::collections::BTreeSet::from([1, 2, 3, 4]),
+            "{dialect:?}"
+        );
         server.stop().await;
         db.finish().await;
     }

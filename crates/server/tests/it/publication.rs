@@ -43,7 +43,7 @@ async fn get(server: &TestServer, path: &str) -> reqwest::Response {
 }
 
 /// Every key in the files an index lists, each file verified with the server's public key.
-async fn export_keys(server: &TestServer, index: &str) -> Vec<gaen::DiagnosisKey> {
+pub async fn export_keys(server: &TestServer, index: &str) -> Vec<gaen::DiagnosisKey> {
     let response = get(server, index).await;
     assert_eq!(response.status(), 200, "{index}");
     let listing = response.text().await.expect("index");
@@ -72,7 +72,7 @@ async fn export_keys(server: &TestServer, index: &str) -> Vec<gaen::DiagnosisKey
     keys
 }
 
-fn seeds_of(keys: &[gaen::DiagnosisKey]) -> BTreeSet<u8> {
+pub fn seeds_of(keys: &[gaen::DiagnosisKey]) -> BTreeSet<u8> {
     keys.iter()
         .filter(|k| k.tek.0.iter().all(|b| *b == k.tek.0[0]))
         .map(|k| k.tek.0[0])
