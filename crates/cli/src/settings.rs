@@ -159,6 +159,22 @@ impl PublicationFile {
     }
 }
 
+/// One entry of `signers = [...]`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SignerFile {
+    signing_key: PathBuf,
+    key_id: String,
+    key_version: String,
+}
+
+fn read_signing_key(path: &Path) -> Result<gaen::SigningKey> {
+    gaen::SigningKey::from_pem(
+        &fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a P-256 private key", path.display()))
+}
+
 /// `[regions."302"]`.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +188,9 @@ struct RegionFile {
     android_package: Option<String>,
     /// A signing key of the region's own [default: the server's signing key].
     signing_key: Option<PathBuf>,
+    /// Several keys at once, newest first (key rotation): each file carries a signature from
+    /// every one. Replaces `signing_key`, `key_id` and `key_version`.
+    signers: Option<Vec<SignerFile>>,
     #[serde(flatten)]
     publication: PublicationFile,
     /// COVID Shield exposure configuration served at /exposure-configuration/{region}.json.
@@ -275,20 +294,49 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
     for (id, region) in &file.regions {
         let region_id =
             Region::try_from(id.clone()).map_err(|e| anyhow::anyhow!("[regions.{id}]: {e}"))?;
-        let key = match &region.signing_key {
-            Some(path) => gaen::SigningKey::from_pem(
-                &fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .with_context(|| format!("{} is not a P-256 private key", path.display()))?,
-            None => default_key.clone(),
-        };
-        let mut info = gaen::SignatureInfo::new(
-            region.key_id.clone().unwrap_or_else(|| id.clone()),
-            region.key_version.clone().unwrap_or_else(|| "v1".into()),
+        let mut signers = Vec::new();
+        match &region.signers {
+            Some(list) => {
+                if list.is_empty() || list.len() > 10 {
+                    bail!("[regions.{id}].signers must list 1 to 10 keys, newest first");
+                }
+                for signer in list {
+                    signers.push(gaen::Signer {
+                        key: read_signing_key(&signer.signing_key)?,
+                        info: gaen::SignatureInfo::new(
+                            signer.key_id.clone(),
+                            signer.key_version.clone(),
+                        ),
+                    });
+                }
+            }
+            None => signers.push(gaen::Signer {
+                key: match &region.signing_key {
+                    Some(path) => read_signing_key(path)?,
+                    None => default_key.clone(),
+                },
+                info: gaen::SignatureInfo::new(
+                    region.key_id.clone().unwrap_or_else(|| id.clone()),
+                    region.key_version.clone().unwrap_or_else(|| "v1".into()),
+                ),
+            }),
+        }
+        for signer in &mut signers {
+            signer.info.app_bundle_id = region.app_bundle_id.clone();
+            signer.info.android_package = region.android_package.clone();
+        }
+        let newest = &signers[0].info;
+        let feed_key_id = format!(
+            "{}-{}",
+            newest.verification_key_id.clone().unwrap_or_default(),
+            newest.verification_key_version.clone().unwrap_or_default()
         );
-        info.app_bundle_id = region.app_bundle_id.clone();
-        info.android_package = region.android_package.clone();
+        if feed_key_id.len() > 64 || !feed_key_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            bail!(
+                "[regions.{id}]: key id and version must be printable ASCII without spaces \
+                 (together at most 63 characters), got {feed_key_id:?}"
+            );
+        }
         let exposure_configuration = match &region.exposure_configuration {
             Some(value) => serde_json::to_value(value)
                 .with_context(|| format!("[regions.{id}].exposure_configuration"))?,
@@ -298,12 +346,8 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
             region_id,
             RegionSettings {
                 export_region: region.export_region.clone().unwrap_or_else(|| id.clone()),
-                feed_key_id: format!(
-                    "{}-{}",
-                    info.verification_key_id.clone().unwrap_or_default(),
-                    info.verification_key_version.clone().unwrap_or_default()
-                ),
-                signers: vec![gaen::Signer { key, info }],
+                feed_key_id,
+                signers,
                 policy: region
                     .publication
                     .over(&default_policy)

@@ -3,8 +3,8 @@
 //! embargo, publication and retention without waiting days. The route does not exist unless
 //! the server was started with `--dev`.
 
-use axum::extract::State;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;

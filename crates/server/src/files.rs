@@ -253,14 +253,24 @@ fn not_modified(headers: &HeaderMap, etag: &HeaderValue) -> bool {
         .any(|candidate| candidate == "*" || candidate.as_bytes() == etag.as_bytes())
 }
 
+/// A file that is not (yet) there: the next feed delta, for instance. Never cached, so a
+/// client polling for it sees it as soon as it is published.
+fn not_found() -> Response {
+    let mut response = Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "There is no published file at this path.",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
 async fn serve(state: &AppState, method: &Method, headers: &HeaderMap, path: String) -> Response {
     if !valid_path(&path) {
-        return Problem::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "There is no published file at this path.",
-        )
-        .into_response();
+        return not_found();
     }
     let index = is_index(&path);
     let cached = match state.serve_cache.get(&path) {
@@ -276,14 +286,7 @@ async fn serve(state: &AppState, method: &Method, headers: &HeaderMap, path: Str
                 }
                 cached
             }
-            Ok(None) => {
-                return Problem::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "There is no published file at this path.",
-                )
-                .into_response();
-            }
+            Ok(None) => return not_found(),
             Err(e) => {
                 tracing::error!(error = %e, "reading a published file failed");
                 return Problem::new(
@@ -299,7 +302,8 @@ async fn serve(state: &AppState, method: &Method, headers: &HeaderMap, path: Str
         "no-cache"
     } else {
         IMMUTABLE_CACHE_CONTROL
-    });    let mut response_headers = HeaderMap::new();
+    });
+    let mut response_headers = HeaderMap::new();
     response_headers.insert(header::ETAG, cached.etag.clone());
     response_headers.insert(header::CACHE_CONTROL, cache_control);
     if not_modified(headers, &cached.etag) {

@@ -216,15 +216,21 @@ pub async fn apply_retention(conn: &mut Conn, event: &Event) -> Result<(), sqlx:
     };
     let now = Value::from(*now);
     let hour = Value::from(*keys_before_hour);
-    conn.execute("DELETE FROM codes WHERE expires_at <= $1", std::slice::from_ref(&now))
-        .await?;
+    conn.execute(
+        "DELETE FROM codes WHERE expires_at <= $1",
+        std::slice::from_ref(&now),
+    )
+    .await?;
     conn.execute(
         "DELETE FROM claims WHERE expires_at <= $1 OR budget_remaining = 0",
         &[now],
     )
     .await?;
-    conn.execute("DELETE FROM keys WHERE hour < $1", std::slice::from_ref(&hour))
-        .await?;
+    conn.execute(
+        "DELETE FROM keys WHERE hour < $1",
+        std::slice::from_ref(&hour),
+    )
+    .await?;
     conn.execute("DELETE FROM submissions WHERE hour < $1", &[hour])
         .await?;
     conn.execute(

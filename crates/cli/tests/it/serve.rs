@@ -258,6 +258,42 @@ fn configuration_errors_are_explained() {
         path_str(fresh.path()),
     ]));
     assert!(err.contains("no provider has id 0011223344556677"), "{err}");
+
+    // Publication settings are checked before anything starts.
+    for (toml, expected) in [
+        (
+            "[publication]\nexport_period = 7000\n",
+            "export_period must divide a day",
+        ),
+        (
+            "[publication]\nsmall_batch = { mode = \"sometimes\" }\n",
+            "sometimes",
+        ),
+        (
+            "[regions.\"302\"]\nsigners = []\n",
+            "must list 1 to 10 keys",
+        ),
+        (
+            "[regions.\"302\"]\nkey_id = \"a b\"\n",
+            "printable ASCII without spaces",
+        ),
+        (
+            "key_retention_days = 30\n",
+            "key_event_retention_days must be at least",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("confidant.toml");
+        std::fs::write(&config, toml).expect("config");
+        let err = fails(confidant(&[
+            "serve",
+            "--config",
+            path_str(&config),
+            "--data-dir",
+            path_str(dir.path()),
+        ]));
+        assert!(err.contains(expected), "{toml}: {err}");
+    }
 }
 
 /// Without `--trust-forwarded-for`, a client cannot escape the brute-force limit by naming a

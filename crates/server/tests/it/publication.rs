@@ -333,6 +333,7 @@ async fn files_are_served_immutable_with_etags_and_indices_uncached() {
     ] {
         let response = get(&server, missing).await;
         assert_eq!(response.status(), 404, "{missing}");
+        assert_eq!(response.headers()["cache-control"], "no-cache");
         let body: serde_json::Value = response.json().await.expect("problem json");
         assert_eq!(body["code"], "not_found");
     }
