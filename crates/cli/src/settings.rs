@@ -155,6 +155,14 @@ impl PublicationFile {
         if policy.max_keys_per_file == 0 || policy.snapshot_every == 0 {
             bail!("max_keys_per_file and snapshot_every must be at least 1");
         }
+        // The publisher (and a client) rebuilds the feed from the latest snapshot and the
+        // deltas after it, which must still be stored.
+        if policy.snapshot_every.saturating_mul(policy.feed_period) > 7 * 86_400 {
+            bail!(
+                "snapshot_every × feed_period must be at most 7 days, got {} s",
+                policy.snapshot_every.saturating_mul(policy.feed_period)
+            );
+        }
         Ok(policy)
     }
 }
