@@ -30,6 +30,14 @@ pub struct FileStoreError {
     source: object_store::Error,
 }
 
+/// Names the path in an object store error.
+fn failed_at(path: &str) -> impl FnOnce(object_store::Error) -> FileStoreError + '_ {
+    move |source| FileStoreError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Published files, under a root that mirrors the URL space (`exports/…`, `feed/…`).
 #[derive(Clone)]
 pub struct FileStore {
@@ -104,10 +112,7 @@ impl FileStore {
                     },
                 })
             }
-            Err(source) => Err(FileStoreError {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(failed_at(path)(source)),
         }
     }
 
@@ -118,10 +123,7 @@ impl FileStore {
             .put(&location, PutPayload::from(bytes))
             .await
             .map(drop)
-            .map_err(|source| FileStoreError {
-                path: path.to_owned(),
-                source,
-            })
+            .map_err(failed_at(path))
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<Bytes>, FileStoreError> {
@@ -133,10 +135,7 @@ impl FileStore {
         match result {
             Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) => Err(FileStoreError {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(failed_at(path)(source)),
         }
     }
 
@@ -145,10 +144,7 @@ impl FileStore {
         let location = Self::path(path)?;
         match self.inner.delete(&location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(FileStoreError {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(failed_at(path)(source)),
         }
     }
 }

@@ -19,7 +19,6 @@ use confidant_core::publish::{
 use confidant_core::{Cursor, Digest, KeyData, PublishedFile, Region, StoredKey, UnixSeconds};
 use confidant_store::{RetentionReport, Store, StoreError};
 use rand_core::OsRng;
-use sha2::{Digest as _, Sha256};
 
 use crate::files::{FileStore, FileStoreError, ServeCache};
 
@@ -135,7 +134,17 @@ pub struct Publisher {
 }
 
 fn digest(bytes: &[u8]) -> Digest {
-    Digest(Sha256::digest(bytes).into())
+    Digest(feed::file_hash(bytes))
+}
+
+/// Runs CPU-bound file building off the async threads.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    build: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, PublishError> {
+    tokio::task::spawn_blocking(build)
+        .await
+        .map_err(|e| PublishError::Build(e.to_string()))?
+        .map_err(|e| PublishError::Build(e.to_string()))
 }
 
 impl Publisher {
@@ -248,15 +257,16 @@ impl Publisher {
             {
                 keys.extend(publish::padding_keys(&real, padding, &mut OsRng));
             }
+            let batch_keys = keys.len() as u64;
             let (files, seq, chain_hash) = match stream {
                 Stream::Exports | Stream::Daily => {
                     let files = self
-                        .write_exports(region, settings, stream, window, &keys)
+                        .write_exports(region, settings, stream, window, keys)
                         .await?;
                     (files, 0, Digest([0; 32]))
                 }
                 Stream::Feed => {
-                    self.write_feed(region, settings, cursor.as_ref(), window, keys.clone())
+                    self.write_feed(region, settings, cursor.as_ref(), window, keys)
                         .await?
                 }
             };
@@ -294,14 +304,14 @@ impl Publisher {
             metrics::counter!("confidant_keys_published_total", "stream" => stream.name())
                 .increment(published);
             metrics::histogram!("confidant_batch_keys", "stream" => stream.name())
-                .record(keys.len() as f64);
+                .record(batch_keys as f64);
             tracing::info!(
                 region = %region,
                 stream = %stream,
                 start = window.start,
                 end = window.end,
                 keys = published,
-                padding = keys.len() as u64 - published.min(keys.len() as u64),
+                padding = batch_keys - published.min(batch_keys),
                 held = matches!(decision, BatchDecision::Hold),
                 "published a window"
             );
@@ -338,15 +348,14 @@ impl Publisher {
         settings: &RegionSettings,
         stream: Stream,
         window: Window,
-        keys: &[StoredKey],
+        keys: Vec<StoredKey>,
     ) -> Result<Vec<PublishedFile>, PublishError> {
         let (export_region, signers, max_keys) = (
             settings.export_region.clone(),
             settings.signers.clone(),
             settings.policy.max_keys_per_file,
         );
-        let keys = keys.to_vec();
-        let zips = tokio::task::spawn_blocking(move || {
+        let zips = blocking(move || {
             publish::export_files(
                 &export_region,
                 window.start,
@@ -356,9 +365,7 @@ impl Publisher {
                 max_keys,
             )
         })
-        .await
-        .map_err(|e| PublishError::Build(e.to_string()))?
-        .map_err(|e| PublishError::Build(e.to_string()))?;
+        .await?;
         let dir = export_dir(region, stream);
         let mut files = Vec::with_capacity(zips.len());
         for (index, zip) in zips.into_iter().enumerate() {
@@ -454,12 +461,9 @@ impl Publisher {
         let signer = settings.signers[0].key.clone();
         let key_id = settings.feed_key_id.clone();
         let every = settings.policy.snapshot_every.max(1);
-        let built = tokio::task::spawn_blocking(move || {
-            build_feed_files(follower, window, added, &signer, &key_id, every)
-        })
-        .await
-        .map_err(|e| PublishError::Build(e.to_string()))?
-        .map_err(|e| PublishError::Build(e.to_string()))?;
+        let built =
+            blocking(move || build_feed_files(follower, window, added, &signer, &key_id, every))
+                .await?;
         let dir = format!("feed/{region}");
         let delta_path = format!("{dir}/{}", feed::delta_name(built.seq));
         let stored = self.files.put_immutable(&delta_path, built.delta).await?;

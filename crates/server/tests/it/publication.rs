@@ -112,6 +112,11 @@ async fn feed_live(server: &TestServer) -> BTreeSet<[u8; 16]> {
     follower.live().keys().map(|k| k.0).collect()
 }
 
+/// Runs the publisher as its background loop would at `now`.
+async fn publish_at(server: &TestServer, now: u64) {
+    server.publisher.run_due(now).await.expect("publishes");
+}
+
 fn seed_keys(seeds: &[u8]) -> BTreeSet<[u8; 16]> {
     seeds.iter().map(|s| [*s; 16]).collect()
 }
@@ -202,11 +207,7 @@ async fn small_batches_are_padded_or_held_back() {
     })
     .await;
     upload(&server, &[0, 2, 3]).await;
-    server
-        .publisher
-        .run_due(T0 + 2 * HOUR)
-        .await
-        .expect("publishes");
+    publish_at(&server, T0 + 2 * HOUR).await;
     let published = export_keys(&server, "/exports/302/index.txt").await;
     assert!((40..50).contains(&published.len()), "{}", published.len());
     assert_eq!(seeds_of(&published), BTreeSet::from([2, 3]));
@@ -233,11 +234,7 @@ async fn small_batches_are_padded_or_held_back() {
     })
     .await;
     upload(&server, &[0, 2, 3]).await;
-    server
-        .publisher
-        .run_due(T0 + 2 * HOUR)
-        .await
-        .expect("publishes");
+    publish_at(&server, T0 + 2 * HOUR).await;
     let index = get(&server, "/exports/302/index.txt")
         .await
         .text()
@@ -255,11 +252,7 @@ async fn small_batches_are_padded_or_held_back() {
     assert!(feed_live(&server).await.is_empty());
     server.clock.set(T0 + 2 * HOUR);
     upload(&server, &[0, 4, 5, 6]).await;
-    server
-        .publisher
-        .run_due(T0 + 4 * HOUR)
-        .await
-        .expect("publishes");
+    publish_at(&server, T0 + 4 * HOUR).await;
     assert_eq!(
         seeds_of(&export_keys(&server, "/exports/302/index.txt").await),
         BTreeSet::from([2, 3, 4, 5, 6]),
@@ -274,11 +267,7 @@ async fn files_are_served_immutable_with_etags_and_indices_uncached() {
     let db = TestDatabase::sqlite();
     let (server, _dir) = started(&db, no_padding).await;
     upload(&server, &[0, 2]).await;
-    server
-        .publisher
-        .run_due(T0 + 2 * HOUR)
-        .await
-        .expect("publishes");
+    publish_at(&server, T0 + 2 * HOUR).await;
     let index = get(&server, "/exports/302/index.txt").await;
     assert_eq!(index.headers()["cache-control"], "no-cache");
     let listing = index.text().await.expect("index");
@@ -454,11 +443,7 @@ async fn retention_forgets_what_is_due_and_rebuild_agrees() {
         upload(&server, &[1, 2, 3]).await;
         let unredeemed = server.code("long").await;
         assert!(!unredeemed.is_empty());
-        server
-            .publisher
-            .run_due(T0 + 2 * HOUR)
-            .await
-            .expect("publishes");
+        publish_at(&server, T0 + 2 * HOUR).await;
         let first_file = get(&server, "/exports/302/index.txt")
             .await
             .text()
@@ -581,11 +566,7 @@ async fn metrics_and_health_endpoints() {
     let db = TestDatabase::sqlite();
     let (server, _dir) = started(&db, no_padding).await;
     upload(&server, &[2, 3]).await;
-    server
-        .publisher
-        .run_due(T0 + 2 * HOUR)
-        .await
-        .expect("publishes");
+    publish_at(&server, T0 + 2 * HOUR).await;
     assert_eq!(get(&server, "/healthz").await.status(), 200);
     assert_eq!(get(&server, "/readyz").await.status(), 200);
     let metrics = get(&server, "/metrics").await.text().await.expect("text");
