@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::UnixSeconds;
 use crate::codes::CodeFormat;
-use crate::ids::{ClaimId, Digest, ProviderId, Region, TrackingId};
+use crate::corrections::{Actor, Scope};
+use crate::ids::{AdminTokenId, ClaimId, Digest, KeyData, ProviderId, Region, TrackingId};
 use crate::publish::{PublishedFile, Stream};
 use crate::state::{Credential, StoredKey};
 
@@ -74,6 +75,13 @@ pub enum Event {
         seq: u64,
         /// SHA-256 of the stream's last chained file (the feed delta); zero otherwise.
         chain_hash: Digest,
+        /// Withdrawals up to this serial number are now revoked in the stream.
+        #[serde(default)]
+        revised_through: u64,
+        /// Withdrawn keys revoked by this window (`revised_keys` in exports, removals in the
+        /// feed).
+        #[serde(default)]
+        revoked_keys: u32,
         files: Vec<PublishedFile>,
     },
     /// Retention ran at `now`: expired codes and claims, spent claims, keys and submissions
@@ -83,6 +91,50 @@ pub enum Event {
         now: UnixSeconds,
         keys_before_hour: u64,
         files_ending_by: UnixSeconds,
+    },
+    /// The provider is suspended for good (its past reports stand unless withdrawn).
+    ProviderRevoked {
+        provider: ProviderId,
+    },
+    /// Submissions rolled back, with all their keys.
+    SubmissionsWithdrawn {
+        submissions: Vec<TrackingId>,
+        /// This withdrawal's serial number (one more than the last).
+        serial: u64,
+    },
+    /// Individual keys de-registered.
+    KeysWithdrawn {
+        keys: Vec<KeyData>,
+        /// The latest submission hour of the keys: the event is key material, purged with them.
+        hour: u64,
+        serial: u64,
+    },
+    /// Unredeemed codes that will no longer work.
+    CodesInvalidated {
+        codes: Vec<Digest>,
+    },
+    AdminTokenCreated {
+        token: AdminTokenId,
+        /// Keyed hash of the secret; the secret itself is shown once.
+        token_hash: Digest,
+        scope: Scope,
+        label: String,
+    },
+    AdminTokenRevoked {
+        token: AdminTokenId,
+    },
+    /// Who did what, when and why: the audit trail. Recorded with every operator action,
+    /// and never purged (it holds no personal data).
+    AdminAction {
+        actor: Actor,
+        at: UnixSeconds,
+        /// A stable name, e.g. `provider.revoke`.
+        action: String,
+        /// What it acted on: a provider id, a tracking ID, a key count…
+        target: String,
+        reason: String,
+        /// What it did, e.g. "withdrew 3 submissions (41 keys)".
+        outcome: String,
     },
 }
 
@@ -127,7 +179,7 @@ impl Event {
     /// purged from the log.
     pub fn key_material_hour(&self) -> Option<u64> {
         match self {
-            Self::KeysSubmitted { hour, .. } => Some(*hour),
+            Self::KeysSubmitted { hour, .. } | Self::KeysWithdrawn { hour, .. } => Some(*hour),
             _ => None,
         }
     }
@@ -143,6 +195,13 @@ impl Event {
             Self::KeysSubmitted { .. } => "keys_submitted",
             Self::BatchPublished { .. } => "batch_published",
             Self::RetentionApplied { .. } => "retention_applied",
+            Self::ProviderRevoked { .. } => "provider_revoked",
+            Self::SubmissionsWithdrawn { .. } => "submissions_withdrawn",
+            Self::KeysWithdrawn { .. } => "keys_withdrawn",
+            Self::CodesInvalidated { .. } => "codes_invalidated",
+            Self::AdminTokenCreated { .. } => "admin_token_created",
+            Self::AdminTokenRevoked { .. } => "admin_token_revoked",
+            Self::AdminAction { .. } => "admin_action",
         }
     }
 }

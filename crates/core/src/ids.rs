@@ -78,6 +78,11 @@ hex_bytes!(
     "A diagnosis key's 16 bytes (a TEK once it is published)."
 );
 hex_bytes!(Key32, 32, "An X25519 public or secret key.");
+hex_bytes!(
+    AdminTokenId,
+    8,
+    "An operator's admin API token (its public half: the secret is stored only as a hash)."
+);
 
 /// A region code such as `DE` or COVID Shield's `302`: 1 to 16 of `[A-Za-z0-9-]`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

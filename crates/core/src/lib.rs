@@ -6,6 +6,7 @@
 //! argument (`UnixSeconds`), so every rule is testable with any clock.
 
 pub mod codes;
+pub mod corrections;
 pub mod event;
 pub mod feed;
 pub mod ids;
@@ -14,13 +15,14 @@ pub mod rules;
 pub mod state;
 
 pub use codes::{CodeFormat, CodePolicy, KeyedHasher, OneTimeCode};
+pub use corrections::{Actor, Scope};
 pub use event::{Event, EventDecodeError};
-pub use ids::{ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
+pub use ids::{AdminTokenId, ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
 pub use publish::{
     Cursor, FileRecord, PublicationPolicy, PublishedFile, RetentionPolicy, SmallBatch, Stream,
 };
 pub use rules::{DomainError, RawKey, SubmissionOutcome};
-pub use state::{Claim, Code, Credential, Provider, State, StoredKey, Submission};
+pub use state::{AdminToken, Claim, Code, Credential, Provider, State, StoredKey, Submission};
 
 /// Seconds since 1970-01-01 UTC.
 pub type UnixSeconds = u64;

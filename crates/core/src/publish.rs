@@ -61,6 +61,8 @@ pub struct Cursor {
     pub seq: u64,
     /// SHA-256 of the last file in the sequence (the feed's chain link); zero otherwise.
     pub chain_hash: Digest,
+    /// Withdrawals up to this serial number have been revoked in the stream.
+    pub revised_through: u64,
 }
 
 /// A published file, as recorded in the log. Its path is the key it is stored under.
@@ -274,20 +276,51 @@ pub enum ExportBuildError {
 /// The signed export files (zip bytes) for a window: keys sorted by key_data, split at
 /// `max_keys_per_file` into parts with distinct end timestamps, each batch 1 of 1 as phones
 /// expect.
+#[allow(clippy::too_many_arguments)]
 pub fn export_files(
     region: &str,
     start: UnixSeconds,
     end: UnixSeconds,
     keys: &[StoredKey],
+    revoked: &[StoredKey],
     signers: &[gaen::Signer],
     max_keys_per_file: usize,
 ) -> Result<Vec<Vec<u8>>, ExportBuildError> {
     let mut export = gaen::Export::new(region, start, end);
     export.keys = keys.iter().map(diagnosis_key).collect();
+    export.revised_keys = revoked
+        .iter()
+        .map(|key| {
+            let mut revised = diagnosis_key(key);
+            revised.report_type = Some(gaen::ReportType::Revoked);
+            revised
+        })
+        .collect();
     gaen::split_export(export, max_keys_per_file)?
         .into_iter()
         .map(|part| Ok(gaen::ExportFiles::seal(part, signers)?.to_zip()))
         .collect()
+}
+
+/// The withdrawals a window revokes: every one up to serial `through`, `keys` of them keys
+/// the stream had published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Revisions {
+    pub through: u64,
+    pub keys: u32,
+}
+
+/// Whether a withdrawn key must be revoked in a stream at `window`: the stream published it
+/// (it became available before the stream's `held_from`) and phones may still hold it.
+pub fn needs_revocation(
+    cursor: &Cursor,
+    hour: u64,
+    key: &StoredKey,
+    margin: u64,
+    window: &Window,
+) -> bool {
+    available_at(hour, key, margin) < cursor.held_from
+        && valid_until(key) + PUBLISHED_KEY_MAX_AGE > window.end
 }
 
 /// What the log records for a published window, and how the stream's cursor moves.
@@ -300,6 +333,7 @@ pub fn published(
     real_keys: usize,
     seq: u64,
     chain_hash: Digest,
+    revisions: Revisions,
     files: Vec<PublishedFile>,
 ) -> Event {
     let (held_from, padding) = match decision {
@@ -321,6 +355,8 @@ pub fn published(
         padding_keys: padding,
         seq,
         chain_hash,
+        revised_through: revisions.through,
+        revoked_keys: revisions.keys,
         files,
     }
 }
@@ -417,6 +453,7 @@ mod tests {
             held_from: 32_400,
             seq: 0,
             chain_hash: Digest([0; 32]),
+            revised_through: 0,
         };
         assert_eq!(next_window(Some(&cursor), 3600, 39_599, None), None);
         assert_eq!(
@@ -492,6 +529,7 @@ mod tests {
             5,
             0,
             zero,
+            Revisions::default(),
             vec![],
         ) else {
             panic!("BatchPublished");
@@ -509,6 +547,7 @@ mod tests {
             5,
             0,
             zero,
+            Revisions::default(),
             vec![],
         )
         else {

@@ -65,6 +65,24 @@ pub enum DomainError {
         "this authorisation may upload {remaining} more new key(s); the request has {requested}"
     )]
     KeyBudgetExceeded { remaining: u32, requested: u32 },
+    #[error("give a reason (1 to 500 characters): it goes into the audit trail")]
+    ReasonRequired,
+    #[error("one with this id or token already exists")]
+    AlreadyExists,
+    #[error("no provider has this id")]
+    NoSuchProvider,
+    #[error("the provider is revoked; revocation is permanent")]
+    ProviderRevoked,
+    #[error("no submission has this tracking ID (it may be older than the retention period)")]
+    NoSuchSubmission,
+    #[error("none of these keys is stored (never submitted, or already forgotten)")]
+    NoSuchKeys,
+    #[error("no unredeemed code matches (mistyped, expired or invalidated)")]
+    NoSuchCode,
+    #[error("the code was already redeemed; withdraw the submission made with it instead")]
+    CodeAlreadyRedeemed,
+    #[error("no admin token has this id")]
+    NoSuchAdminToken,
 }
 
 impl DomainError {
@@ -84,6 +102,15 @@ impl DomainError {
             Self::KeysSpanTooLong => "keys_span_too_long",
             Self::KeyFromFuture { .. } => "key_from_future",
             Self::KeyBudgetExceeded { .. } => "key_budget_exceeded",
+            Self::ReasonRequired => "reason_required",
+            Self::AlreadyExists => "already_exists",
+            Self::NoSuchProvider => "no_such_provider",
+            Self::ProviderRevoked => "provider_revoked",
+            Self::NoSuchSubmission => "no_such_submission",
+            Self::NoSuchKeys => "no_such_keys",
+            Self::NoSuchCode => "no_such_code",
+            Self::CodeAlreadyRedeemed => "code_already_redeemed",
+            Self::NoSuchAdminToken => "no_such_admin_token",
         }
     }
 }
@@ -128,7 +155,7 @@ pub fn issue_code(
     now: UnixSeconds,
     code_hash: Digest,
 ) -> Result<Event, DomainError> {
-    if provider.suspended {
+    if !provider.active() {
         return Err(DomainError::ProviderSuspended);
     }
     let max = policy.ttl(format);
@@ -162,7 +189,7 @@ pub fn redeem_code(
         .filter(|c| !c.redeemed && now < c.expires_at)
         .ok_or(DomainError::InvalidCode)?;
     let provider = provider
-        .filter(|p| !p.suspended)
+        .filter(|p| p.active())
         .ok_or(DomainError::InvalidCode)?;
     Ok(Event::CodeRedeemed {
         code_hash,
@@ -256,7 +283,7 @@ pub fn submit(
     let claim = claim
         .filter(|c| now < c.expires_at)
         .ok_or(DomainError::InvalidClaim)?;
-    if provider.is_none_or(|p| p.suspended) {
+    if provider.is_none_or(|p| !p.active()) {
         return Err(DomainError::ProviderSuspended);
     }
     let oldest_kept = ((now / 600) as u32).saturating_sub(KEY_RETENTION_DAYS * INTERVALS_PER_DAY);
@@ -336,6 +363,7 @@ mod tests {
             region: Region::try_from("DE".to_owned()).expect("region"),
             token_hash: Digest([2; 32]),
             suspended: false,
+            revoked: false,
         }
     }
 

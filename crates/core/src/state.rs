@@ -3,14 +3,16 @@
 //! Invariant: state = fold(apply, events). The stores keep the same records as tables and
 //! update them from the same events; `confidant check` compares the two.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::UnixSeconds;
 use crate::codes::CodeFormat;
+use crate::corrections::Scope;
 use crate::event::Event;
-use crate::ids::{ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
+use crate::ids::{AdminTokenId, ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
 use crate::publish::{Cursor, FileRecord, Stream};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +22,15 @@ pub struct Provider {
     pub token_hash: Digest,
     /// Suspended providers issue no codes; their unredeemed codes and claims stop working.
     pub suspended: bool,
+    /// Revoked providers are suspended for good: they cannot be reinstated.
+    pub revoked: bool,
+}
+
+impl Provider {
+    /// Whether the provider may issue codes and its codes and claims work.
+    pub fn active(&self) -> bool {
+        !self.suspended && !self.revoked
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +85,8 @@ pub struct Submission {
     pub inserted: u32,
     pub skipped: u32,
     pub dropped: u32,
+    /// Rolled back by an operator (alone, or with its provider's retroactive revocation).
+    pub withdrawn: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +96,18 @@ pub struct KeyRecord {
     /// The submission's region and hour, kept with the key: publication selects by them.
     pub region: Region,
     pub hour: u64,
+    /// The withdrawal that took the key back (its serial number), if any. A withdrawn key is
+    /// never published again; where it was published, the publisher revokes it.
+    pub withdrawn: Option<u64>,
+}
+
+/// An operator's admin API token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminToken {
+    pub token_hash: Digest,
+    pub scope: Scope,
+    pub label: String,
+    pub revoked: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,6 +120,10 @@ pub struct State {
     pub cursors: BTreeMap<(Region, Stream), Cursor>,
     /// Live published files by path.
     pub files: BTreeMap<String, FileRecord>,
+    pub admin_tokens: BTreeMap<AdminTokenId, AdminToken>,
+    /// Serial number of the last withdrawal: publication streams record how far they have
+    /// revoked withdrawn keys.
+    pub withdrawals: u64,
 }
 
 impl State {
@@ -115,6 +144,7 @@ impl State {
                         region: region.clone(),
                         token_hash: *token_hash,
                         suspended: false,
+                        revoked: false,
                     },
                 );
             }
@@ -185,6 +215,7 @@ impl State {
                         inserted: keys.len() as u32,
                         skipped: *skipped,
                         dropped: *dropped,
+                        withdrawn: false,
                     },
                 );
                 for key in keys {
@@ -195,6 +226,7 @@ impl State {
                             submission: *submission,
                             region: region.clone(),
                             hour: *hour,
+                            withdrawn: None,
                         },
                     );
                 }
@@ -207,6 +239,7 @@ impl State {
                 held_from,
                 seq,
                 chain_hash,
+                revised_through,
                 files,
                 ..
             } => {
@@ -217,6 +250,7 @@ impl State {
                         held_from: *held_from,
                         seq: *seq,
                         chain_hash: *chain_hash,
+                        revised_through: *revised_through,
                     },
                 );
                 for file in files {
@@ -247,7 +281,81 @@ impl State {
                 self.keys.retain(|_, k| k.hour >= *keys_before_hour);
                 self.files.retain(|_, f| f.end > *files_ending_by);
             }
+            Event::ProviderRevoked { provider } => {
+                if let Some(p) = self.providers.get_mut(provider) {
+                    p.revoked = true;
+                }
+            }
+            Event::SubmissionsWithdrawn {
+                submissions,
+                serial,
+            } => {
+                let withdrawn: BTreeSet<&TrackingId> = submissions.iter().collect();
+                for id in &withdrawn {
+                    if let Some(s) = self.submissions.get_mut(id) {
+                        s.withdrawn = true;
+                    }
+                }
+                for record in self.keys.values_mut() {
+                    if record.withdrawn.is_none() && withdrawn.contains(&record.submission) {
+                        record.withdrawn = Some(*serial);
+                    }
+                }
+                self.withdrawals = self.withdrawals.max(*serial);
+            }
+            Event::KeysWithdrawn { keys, serial, .. } => {
+                for key in keys {
+                    if let Some(record) = self.keys.get_mut(key)
+                        && record.withdrawn.is_none()
+                    {
+                        record.withdrawn = Some(*serial);
+                    }
+                }
+                self.withdrawals = self.withdrawals.max(*serial);
+            }
+            Event::CodesInvalidated { codes } => {
+                for code in codes {
+                    self.codes.remove(code);
+                }
+            }
+            Event::AdminTokenCreated {
+                token,
+                token_hash,
+                scope,
+                label,
+            } => {
+                self.admin_tokens.insert(
+                    *token,
+                    AdminToken {
+                        token_hash: *token_hash,
+                        scope: *scope,
+                        label: label.clone(),
+                        revoked: false,
+                    },
+                );
+            }
+            Event::AdminTokenRevoked { token } => {
+                if let Some(t) = self.admin_tokens.get_mut(token) {
+                    t.revoked = true;
+                }
+            }
+            // The audit trail is the log itself.
+            Event::AdminAction { .. } => {}
         }
+    }
+
+    /// The state digest: equal digests mean equal states, whichever store holds them.
+    pub fn digest(&self) -> Digest {
+        let mut digest = StateDigest::default();
+        digest.table("providers", &self.providers);
+        digest.table("codes", &self.codes);
+        digest.table("claims", &self.claims);
+        digest.table("submissions", &self.submissions);
+        digest.table("keys", &self.keys);
+        digest.table("cursors", &self.cursors);
+        digest.table("files", &self.files);
+        digest.table("admin_tokens", &self.admin_tokens);
+        digest.finish(self.withdrawals)
     }
 
     pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
@@ -256,5 +364,50 @@ impl State {
             state.apply(event);
         }
         state
+    }
+}
+
+/// SHA-256 over every record of a [`State`], table by table in key order. Stores stream
+/// their tables through it in primary-key order to get [`State::digest`] without loading
+/// everything at once. Records are hashed in their `Debug` form: digests compare states of
+/// the same version of Confidant.
+#[derive(Default)]
+pub struct StateDigest {
+    hasher: Sha256,
+    line: String,
+}
+
+impl StateDigest {
+    /// Starts the next table; tables come in the order [`State::digest`] uses.
+    pub fn start(&mut self, name: &str) {
+        self.hasher.update(b"table ");
+        self.hasher.update(name.as_bytes());
+        self.hasher.update(b"\n");
+    }
+
+    /// One record; records come in ascending key order.
+    pub fn record(&mut self, key: &impl std::fmt::Debug, value: &impl std::fmt::Debug) {
+        use std::fmt::Write as _;
+        self.line.clear();
+        let _ = writeln!(self.line, "{key:?}={value:?}");
+        self.hasher.update(self.line.as_bytes());
+    }
+
+    pub fn table<K: std::fmt::Debug, V: std::fmt::Debug>(
+        &mut self,
+        name: &str,
+        rows: &BTreeMap<K, V>,
+    ) {
+        self.start(name);
+        for (key, value) in rows {
+            self.record(key, value);
+        }
+    }
+
+    /// The digest, after the last table and the withdrawal counter.
+    pub fn finish(mut self, withdrawals: u64) -> Digest {
+        self.hasher
+            .update(format!("withdrawals {withdrawals}\n").as_bytes());
+        Digest(self.hasher.finalize().into())
     }
 }

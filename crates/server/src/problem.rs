@@ -82,6 +82,15 @@ impl From<DomainError> for Problem {
             KeysSpanTooLong => (StatusCode::BAD_REQUEST, "keys_span_too_long"),
             KeyFromFuture { .. } => (StatusCode::BAD_REQUEST, "key_from_future"),
             KeyBudgetExceeded { .. } => (StatusCode::BAD_REQUEST, "key_budget_exceeded"),
+            ReasonRequired => (StatusCode::BAD_REQUEST, "reason_required"),
+            AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            NoSuchProvider => (StatusCode::NOT_FOUND, "unknown_provider"),
+            ProviderRevoked => (StatusCode::CONFLICT, "provider_revoked"),
+            NoSuchSubmission => (StatusCode::NOT_FOUND, "unknown_submission"),
+            NoSuchKeys => (StatusCode::NOT_FOUND, "unknown_keys"),
+            NoSuchCode => (StatusCode::NOT_FOUND, "unknown_code"),
+            CodeAlreadyRedeemed => (StatusCode::CONFLICT, "code_already_redeemed"),
+            NoSuchAdminToken => (StatusCode::NOT_FOUND, "unknown_admin_token"),
         };
         let problem = Self::new(status, code, error.to_string());
         match error {

@@ -246,6 +246,16 @@ impl Publisher {
             else {
                 return Ok(report);
             };
+            // Read before the keys: a withdrawal committed meanwhile waits for the next window.
+            let withdrawals = self.store.withdrawals().await?;
+            let revised_through = cursor.as_ref().map_or(0, |c| c.revised_through);
+            let withdrawn = if withdrawals > revised_through {
+                self.store
+                    .keys_withdrawn(region, revised_through, withdrawals)
+                    .await?
+            } else {
+                Vec::new()
+            };
             let real = self.keys_for(region, policy, window).await?;
             let decision = publish::decide_batch(policy.small_batch, real.len(), &mut OsRng);
             let mut keys = match decision {
@@ -258,17 +268,40 @@ impl Publisher {
                 keys.extend(publish::padding_keys(&real, padding, &mut OsRng));
             }
             let batch_keys = keys.len() as u64;
-            let (files, seq, chain_hash) = match stream {
+            let (files, seq, chain_hash, revoked) = match stream {
                 Stream::Exports | Stream::Daily => {
+                    // Revoke what this stream published; what it did not, it never will.
+                    let revoked: Vec<StoredKey> = match &cursor {
+                        Some(cursor) => withdrawn
+                            .into_iter()
+                            .filter(|(key, hour)| {
+                                publish::needs_revocation(
+                                    cursor,
+                                    *hour,
+                                    key,
+                                    policy.embargo_margin,
+                                    &window,
+                                )
+                            })
+                            .map(|(key, _)| key)
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let count = revoked.len() as u32;
                     let files = self
-                        .write_exports(region, settings, stream, window, keys)
+                        .write_exports(region, settings, stream, window, keys, revoked)
                         .await?;
-                    (files, 0, Digest([0; 32]))
+                    (files, 0, Digest([0; 32]), count)
                 }
                 Stream::Feed => {
-                    self.write_feed(region, settings, cursor.as_ref(), window, keys)
+                    let withdrawn = withdrawn.into_iter().map(|(key, _)| key.key_data).collect();
+                    self.write_feed(region, settings, cursor.as_ref(), window, keys, withdrawn)
                         .await?
                 }
+            };
+            let revisions = publish::Revisions {
+                through: withdrawals.max(revised_through),
+                keys: revoked,
             };
             let file_count = files.len() as u32;
             let event = publish::published(
@@ -279,6 +312,7 @@ impl Publisher {
                 real.len(),
                 seq,
                 chain_hash,
+                revisions,
                 files,
             );
             match self.store.publish(event).await {
@@ -312,6 +346,7 @@ impl Publisher {
                 end = window.end,
                 keys = published,
                 padding = batch_keys - published.min(batch_keys),
+                revoked = revisions.keys,
                 held = matches!(decision, BatchDecision::Hold),
                 "published a window"
             );
@@ -349,6 +384,7 @@ impl Publisher {
         stream: Stream,
         window: Window,
         keys: Vec<StoredKey>,
+        revoked: Vec<StoredKey>,
     ) -> Result<Vec<PublishedFile>, PublishError> {
         let (export_region, signers, max_keys) = (
             settings.export_region.clone(),
@@ -361,6 +397,7 @@ impl Publisher {
                 window.start,
                 window.end,
                 &keys,
+                &revoked,
                 &signers,
                 max_keys,
             )
@@ -448,7 +485,7 @@ impl Publisher {
     }
 
     /// Writes the window's delta (and a snapshot when one is due); returns the files, the new
-    /// seq and the delta's hash.
+    /// seq, the delta's hash and how many withdrawn keys it removed.
     async fn write_feed(
         &self,
         region: &Region,
@@ -456,14 +493,17 @@ impl Publisher {
         cursor: Option<&Cursor>,
         window: Window,
         added: Vec<StoredKey>,
-    ) -> Result<(Vec<PublishedFile>, u64, Digest), PublishError> {
+        withdrawn: Vec<KeyData>,
+    ) -> Result<(Vec<PublishedFile>, u64, Digest, u32), PublishError> {
         let follower = self.feed_follower(region, cursor).await?;
         let signer = settings.signers[0].key.clone();
         let key_id = settings.feed_key_id.clone();
         let every = settings.policy.snapshot_every.max(1);
-        let built =
-            blocking(move || build_feed_files(follower, window, added, &signer, &key_id, every))
-                .await?;
+        let built = blocking(move || {
+            build_feed_files(follower, window, added, &withdrawn, &signer, &key_id, every)
+        })
+        .await?;
+        let revoked = built.revoked;
         let dir = format!("feed/{region}");
         let delta_path = format!("{dir}/{}", feed::delta_name(built.seq));
         let stored = self.files.put_immutable(&delta_path, built.delta).await?;
@@ -506,7 +546,7 @@ impl Publisher {
             .lock()
             .expect("feeds lock")
             .insert(region.clone(), follower);
-        Ok((files, seq, Digest(hash)))
+        Ok((files, seq, Digest(hash), revoked))
     }
 
     /// Rewrites the region's indices from the log's list of live files.
@@ -615,24 +655,34 @@ pub struct FeedFiles {
     pub delta: Vec<u8>,
     /// Written with the first delta and every `snapshot_every` deltas.
     pub snapshot: Option<Vec<u8>>,
+    /// Withdrawn keys the delta removed.
+    pub revoked: u32,
 }
 
-/// The delta for `window` (keys expired by then removed, new keys added), applied to the live
-/// set, and a snapshot when one is due.
+/// The delta for `window` (withdrawn keys and keys expired by then removed, new keys added),
+/// applied to the live set, and a snapshot when one is due.
 pub fn build_feed_files(
     mut follower: FeedFollower,
     window: Window,
     added: Vec<StoredKey>,
+    withdrawn: &[KeyData],
     signer: &gaen::SigningKey,
     key_id: &str,
     snapshot_every: u64,
 ) -> Result<FeedFiles, feed::FeedError> {
-    let removed: Vec<KeyData> = follower
+    let mut removed: BTreeSet<KeyData> = follower
         .live()
         .values()
         .filter(|k| publish::valid_until(k) + PUBLISHED_KEY_MAX_AGE <= window.end)
         .map(|k| k.key_data)
         .collect();
+    let mut revoked = 0;
+    for key in withdrawn {
+        if follower.live().contains_key(key) && removed.insert(*key) {
+            revoked += 1;
+        }
+    }
+    let removed: Vec<KeyData> = removed.into_iter().collect();
     let added: Vec<StoredKey> = added
         .into_iter()
         .filter(|k| !follower.live().contains_key(&k.key_data))
@@ -650,5 +700,6 @@ pub fn build_feed_files(
         seq: delta.seq,
         delta: bytes,
         snapshot,
+        revoked,
     })
 }

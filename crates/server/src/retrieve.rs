@@ -26,22 +26,23 @@ const MAX_AGE_DAYS: u64 = 14;
 
 type DayFiles = HashMap<(Region, u64), Bytes>;
 
-/// Built day files, by (region, day), valid while `today` stays the same.
+/// Built day files, by (region, day), valid while the generation (today, and the last
+/// withdrawal: withdrawn keys leave the day files at once) stays the same.
 #[derive(Default)]
 pub struct DayCache {
-    entries: Mutex<(u64, DayFiles)>,
+    entries: Mutex<((u64, u64), DayFiles)>,
 }
 
 impl DayCache {
-    fn get(&self, today: u64, key: &(Region, u64)) -> Option<Bytes> {
+    fn get(&self, generation: (u64, u64), key: &(Region, u64)) -> Option<Bytes> {
         let entries = self.entries.lock().expect("cache lock");
-        (entries.0 == today).then(|| entries.1.get(key).cloned())?
+        (entries.0 == generation).then(|| entries.1.get(key).cloned())?
     }
 
-    fn insert(&self, today: u64, key: (Region, u64), bytes: Bytes) {
+    fn insert(&self, generation: (u64, u64), key: (Region, u64), bytes: Bytes) {
         let mut entries = self.entries.lock().expect("cache lock");
-        if entries.0 != today {
-            *entries = (today, HashMap::new());
+        if entries.0 != generation {
+            *entries = (generation, HashMap::new());
         }
         entries.1.insert(key, bytes);
     }
@@ -100,11 +101,15 @@ async fn retrieve(
         return text(StatusCode::GONE, "gone\n");
     }
     let key = (region, day);
-    let bytes = match state.day_cache.get(today, &key) {
+    let Ok(withdrawals) = state.store.withdrawals().await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "unavailable\n");
+    };
+    let generation = (today, withdrawals);
+    let bytes = match state.day_cache.get(generation, &key) {
         Some(bytes) => bytes,
         None => match build_day(&state, &key.0, day, now).await {
             Ok(bytes) => {
-                state.day_cache.insert(today, key, bytes.clone());
+                state.day_cache.insert(generation, key, bytes.clone());
                 bytes
             }
             Err(message) => {
@@ -146,6 +151,7 @@ async fn build_day(state: &AppState, region: &Region, day: u64, now: u64) -> Res
         day * 86_400,
         (day + 1) * 86_400,
         &keys,
+        &[],
         &settings.signers,
         usize::MAX,
     )

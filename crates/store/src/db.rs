@@ -42,6 +42,7 @@ pub enum Value {
     /// A nullable bytes column; typed so PostgreSQL accepts a NULL.
     OptBytes(Option<Vec<u8>>),
     OptInt(Option<i64>),
+    OptText(Option<String>),
 }
 
 impl From<i64> for Value {
@@ -77,6 +78,11 @@ impl From<&str> for Value {
 impl From<String> for Value {
     fn from(v: String) -> Self {
         Self::Text(v)
+    }
+}
+impl From<Option<String>> for Value {
+    fn from(v: Option<String>) -> Self {
+        Self::OptText(v)
     }
 }
 impl From<&[u8]> for Value {
@@ -206,6 +212,7 @@ macro_rules! bind_all {
                 Value::Bytes(v) => query.bind(v.as_slice()),
                 Value::OptBytes(v) => query.bind(v.as_deref()),
                 Value::OptInt(v) => query.bind(*v),
+                Value::OptText(v) => query.bind(v.as_deref()),
             };
         }
         query

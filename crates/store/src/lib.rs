@@ -14,11 +14,12 @@ mod writer;
 
 use std::sync::{Arc, Mutex};
 
-use confidant_core::state::StoredKey;
+use confidant_core::corrections::{Actor, Command, Outcome};
+use confidant_core::state::{KeyRecord, StoredKey};
 use confidant_core::{
-    Claim, ClaimId, CodeFormat, CodePolicy, Credential, Cursor, Digest, DomainError, Event,
-    EventDecodeError, FileRecord, Key32, Provider, ProviderId, Region, State, Stream, Submission,
-    SubmissionOutcome, TrackingId, UnixSeconds,
+    AdminToken, AdminTokenId, Claim, ClaimId, CodeFormat, CodePolicy, Credential, Cursor, Digest,
+    DomainError, Event, EventDecodeError, FileRecord, Key32, Provider, ProviderId, Region, State,
+    Stream, Submission, SubmissionOutcome, TrackingId, UnixSeconds,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -26,9 +27,22 @@ use tokio::task::JoinHandle;
 pub use db::Dialect;
 use db::{Conn, Pool};
 use projection::{
-    CLAIM_COLUMNS, CURSOR_COLUMNS, FILE_COLUMNS, PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
+    ADMIN_TOKEN_COLUMNS, CLAIM_COLUMNS, CURSOR_COLUMNS, FILE_COLUMNS, KEY_COLUMNS,
+    PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
 };
 pub use writer::{ClaimLookup, RetentionReport, Written};
+
+/// A provider's codes and reports still held (within the retention period).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderActivity {
+    /// Codes not yet expired, redeemed or not.
+    pub codes_issued: u64,
+    pub codes_redeemed: u64,
+    pub submissions: u64,
+    pub submissions_withdrawn: u64,
+    pub keys_submitted: u64,
+    pub keys_withdrawn: u64,
+}
 use writer::{Job, Write};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,13 +99,18 @@ pub struct CheckReport {
     pub events: u64,
     /// Per table: (name, rows in the projection, rows in the replay, rows that differ).
     pub tables: Vec<(&'static str, usize, usize, usize)>,
+    /// [`State::digest`] of the live projections and of the replay.
+    pub live_digest: Digest,
+    pub replayed_digest: Digest,
 }
 
 impl CheckReport {
     pub fn consistent(&self) -> bool {
-        self.tables
-            .iter()
-            .all(|(_, live, replayed, differ)| live == replayed && *differ == 0)
+        self.live_digest == self.replayed_digest
+            && self
+                .tables
+                .iter()
+                .all(|(_, live, replayed, differ)| live == replayed && *differ == 0)
     }
 }
 
@@ -304,6 +323,176 @@ impl Store {
         }
     }
 
+    /// Runs an operator's correction; the audit entry is recorded with its effects.
+    pub async fn correct(
+        &self,
+        command: Command,
+        actor: Actor,
+        now: UnixSeconds,
+        reason: String,
+    ) -> Result<Outcome, StoreError> {
+        match self
+            .write(Write::Correct {
+                command,
+                actor,
+                now,
+                reason,
+            })
+            .await?
+        {
+            Written::Corrected(outcome) => Ok(outcome),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// The admin token whose secret hashes to `token_hash`.
+    pub async fn admin_token(
+        &self,
+        token_hash: Digest,
+    ) -> Result<Option<(AdminTokenId, AdminToken)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens WHERE token_hash = $1");
+        Ok(
+            match conn.fetch_optional(&sql, &[token_hash.0.into()]).await? {
+                Some(row) => Some(projection::admin_token_from_row(&row)?),
+                None => None,
+            },
+        )
+    }
+
+    pub async fn admin_tokens(&self) -> Result<Vec<(AdminTokenId, AdminToken)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY label, id");
+        conn.fetch_all(&sql, &[])
+            .await?
+            .iter()
+            .map(|row| Ok(projection::admin_token_from_row(row)?))
+            .collect()
+    }
+
+    pub async fn provider(&self, id: ProviderId) -> Result<Option<Provider>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers WHERE id = $1");
+        Ok(match conn.fetch_optional(&sql, &[id.0.into()]).await? {
+            Some(row) => Some(projection::provider_from_row(&row, 1)?),
+            None => None,
+        })
+    }
+
+    /// What a provider's codes and reports amount to, within the retention period.
+    pub async fn provider_activity(&self, id: ProviderId) -> Result<ProviderActivity, StoreError> {
+        let mut conn = self.read().await?;
+        let count = |row: &Option<db::Row>, column: usize| -> Result<u64, StoreError> {
+            Ok(match row {
+                Some(row) => row.opt_int(column)?.unwrap_or(0) as u64,
+                None => 0,
+            })
+        };
+        let codes = conn
+            .fetch_optional(
+                "SELECT COUNT(*), COUNT(CASE WHEN redeemed <> 0 THEN 1 END) FROM codes \
+                 WHERE provider = $1",
+                &[id.0.into()],
+            )
+            .await?;
+        let submissions = conn
+            .fetch_optional(
+                "SELECT COUNT(*), COUNT(CASE WHEN withdrawn <> 0 THEN 1 END) FROM submissions \
+                 WHERE provider = $1",
+                &[id.0.into()],
+            )
+            .await?;
+        let keys = conn
+            .fetch_optional(
+                "SELECT COUNT(*), COUNT(k.withdrawn) FROM keys k \
+                 JOIN submissions s ON s.id = k.submission WHERE s.provider = $1",
+                &[id.0.into()],
+            )
+            .await?;
+        Ok(ProviderActivity {
+            codes_issued: count(&codes, 0)?,
+            codes_redeemed: count(&codes, 1)?,
+            submissions: count(&submissions, 0)?,
+            submissions_withdrawn: count(&submissions, 1)?,
+            keys_submitted: count(&keys, 0)?,
+            keys_withdrawn: count(&keys, 1)?,
+        })
+    }
+
+    /// A submission's keys, withdrawn ones included.
+    pub async fn submission_keys(&self, id: TrackingId) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE submission = $1 ORDER BY key_data");
+        conn.fetch_all(&sql, &[id.0.into()])
+            .await?
+            .iter()
+            .map(|row| Ok(projection::key_record_from_row(row, 0)?))
+            .collect()
+    }
+
+    /// The serial number of the last withdrawal (0 before the first).
+    pub async fn withdrawals(&self) -> Result<u64, StoreError> {
+        Ok(projection::withdrawals(&mut self.read().await?).await?)
+    }
+
+    /// Keys of `region` withdrawn by the withdrawals `(after, through]`, with their hour.
+    pub async fn keys_withdrawn(
+        &self,
+        region: &Region,
+        after: u64,
+        through: u64,
+    ) -> Result<Vec<(StoredKey, u64)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE region = $1 AND withdrawn > $2 \
+             AND withdrawn <= $3 ORDER BY key_data"
+        );
+        conn.fetch_all(
+            &sql,
+            &[region.as_str().into(), after.into(), through.into()],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let record = projection::key_record_from_row(row, 0)?;
+            Ok((record.key, record.hour))
+        })
+        .collect()
+    }
+
+    /// The audit trail: admin actions after log position `after`, oldest first.
+    pub async fn audit(&self, after: i64, limit: u32) -> Result<Vec<(i64, Event)>, StoreError> {
+        let mut conn = self.read().await?;
+        let rows = conn
+            .fetch_all(
+                "SELECT seq, payload FROM events WHERE kind = 'admin_action' AND seq > $1 \
+                 ORDER BY seq LIMIT $2",
+                &[after.into(), limit.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let seq = row.int(0)?;
+                let event = Event::decode(&row.text(1)?)
+                    .map_err(|source| StoreError::CorruptLog { seq, source })?;
+                Ok((seq, event))
+            })
+            .collect()
+    }
+
+    /// [`State::digest`] of the live projections, read a page at a time from one snapshot.
+    pub async fn state_digest(&self) -> Result<Digest, StoreError> {
+        let mut conn = self.read().await?;
+        let begin = match conn.dialect() {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        conn.execute_script(begin).await?;
+        let digest = projection::state_digest(&mut conn).await;
+        conn.rollback().await.ok();
+        Ok(digest?)
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.read().await?;
@@ -337,8 +526,8 @@ impl Store {
         }
     }
 
-    /// Keys of `region` submitted in the hours `[from_hour, to_hour)`, with their hour, in
-    /// key_data order.
+    /// Keys of `region` submitted in the hours `[from_hour, to_hour)` and not withdrawn, with
+    /// their hour, in key_data order.
     pub async fn keys_submitted(
         &self,
         region: &Region,
@@ -349,7 +538,8 @@ impl Store {
         let rows = conn
             .fetch_all(
                 "SELECT key_data, rolling_start, rolling_period, transmission_risk, hour \
-                 FROM keys WHERE region = $1 AND hour >= $2 AND hour < $3 ORDER BY key_data",
+                 FROM keys WHERE region = $1 AND hour >= $2 AND hour < $3 AND withdrawn IS NULL \
+                 ORDER BY key_data",
                 &[region.as_str().into(), from_hour.into(), to_hour.into()],
             )
             .await?;
@@ -575,7 +765,16 @@ impl Store {
                     diff("keys", &live.keys, &replayed.keys),
                     diff("cursors", &live.cursors, &replayed.cursors),
                     diff("files", &live.files, &replayed.files),
+                    diff("admin_tokens", &live.admin_tokens, &replayed.admin_tokens),
+                    (
+                        "counters",
+                        1,
+                        1,
+                        usize::from(live.withdrawals != replayed.withdrawals),
+                    ),
                 ],
+                live_digest: live.digest(),
+                replayed_digest: replayed.digest(),
             })
         }
         .await;

@@ -7,14 +7,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use confidant_core::{
-    ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, Region, State, Stream,
-    TrackingId,
+    AdminTokenId, ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, Region, State,
+    Stream, TrackingId,
 };
 
 use crate::db::{Conn, Value};
 use crate::projection::{
-    self, CLAIM_COLUMNS, CODE_COLUMNS, CURSOR_COLUMNS, KEY_COLUMNS, PROVIDER_COLUMNS,
-    SUBMISSION_COLUMNS,
+    self, ADMIN_TOKEN_COLUMNS, CLAIM_COLUMNS, CODE_COLUMNS, CURSOR_COLUMNS, KEY_COLUMNS,
+    PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
 };
 
 /// Parameters per statement, well under SQLite's and PostgreSQL's limits.
@@ -31,6 +31,8 @@ pub struct Overlay {
     dirty_keys: BTreeSet<KeyData>,
     dirty_cursors: BTreeSet<(Region, Stream)>,
     dirty_files: BTreeSet<String>,
+    dirty_admin_tokens: BTreeSet<AdminTokenId>,
+    dirty_withdrawals: bool,
     /// Lookups by secondary keys, kept in step with `state`.
     pub provider_by_token: BTreeMap<Digest, ProviderId>,
     pub claim_by_token: BTreeMap<Digest, ClaimId>,
@@ -51,6 +53,16 @@ pub struct Wanted {
     pub submissions: BTreeSet<TrackingId>,
     pub keys: BTreeSet<KeyData>,
     pub cursors: BTreeSet<(Region, Stream)>,
+    pub admin_tokens: BTreeSet<AdminTokenId>,
+    pub admin_token_hashes: BTreeSet<Digest>,
+    /// Every key of these submissions.
+    pub submission_keys: BTreeSet<TrackingId>,
+    /// A provider's submissions from an hour on (a retroactive revocation), with their keys.
+    pub provider_submissions: Option<(ProviderId, u64)>,
+    /// A provider's unredeemed codes.
+    pub provider_codes: BTreeSet<ProviderId>,
+    /// The withdrawal counter.
+    pub withdrawals: bool,
 }
 
 impl Wanted {
@@ -71,6 +83,25 @@ impl Wanted {
             Event::KeysSubmitted { claim, .. } => {
                 self.claims.insert(*claim);
             }
+            Event::ProviderRevoked { provider } => {
+                self.providers.insert(*provider);
+            }
+            Event::SubmissionsWithdrawn { submissions, .. } => {
+                self.submissions.extend(submissions.iter().copied());
+                self.submission_keys.extend(submissions.iter().copied());
+                self.withdrawals = true;
+            }
+            Event::KeysWithdrawn { keys, .. } => {
+                self.keys.extend(keys.iter().copied());
+                self.withdrawals = true;
+            }
+            Event::AdminTokenRevoked { token } => {
+                self.admin_tokens.insert(*token);
+            }
+            // Invalidated codes are deleted whether loaded or not.
+            Event::CodesInvalidated { .. }
+            | Event::AdminTokenCreated { .. }
+            | Event::AdminAction { .. } => {}
         }
     }
 }
@@ -191,15 +222,25 @@ impl Overlay {
             overlay.index_claim(ClaimId(row.array(0)?), &claim.credential);
             overlay.state.claims.insert(ClaimId(row.array(0)?), claim);
         }
-        if !wanted.submissions.is_empty() {
+        let mut submissions = wanted.submissions;
+        let mut submission_keys = wanted.submission_keys;
+        if let Some((provider, since_hour)) = wanted.provider_submissions {
+            for row in conn
+                .fetch_all(
+                    "SELECT id FROM submissions WHERE provider = $1 AND hour >= $2",
+                    &[provider.0.into(), since_hour.into()],
+                )
+                .await?
+            {
+                let id = TrackingId(row.array(0)?);
+                submissions.insert(id);
+                submission_keys.insert(id);
+            }
+        }
+        if !submissions.is_empty() {
             let select = format!("SELECT id, {SUBMISSION_COLUMNS} FROM submissions");
-            for row in select_in(
-                conn,
-                &select,
-                "id",
-                bytes(wanted.submissions.iter().map(|s| s.0)),
-            )
-            .await?
+            for row in
+                select_in(conn, &select, "id", bytes(submissions.iter().map(|s| s.0))).await?
             {
                 overlay.state.submissions.insert(
                     TrackingId(row.array(0)?),
@@ -207,13 +248,46 @@ impl Overlay {
                 );
             }
         }
+        let select_keys = format!("SELECT {KEY_COLUMNS} FROM keys");
+        let mut key_rows = Vec::new();
         if !wanted.keys.is_empty() {
-            let select = format!("SELECT {KEY_COLUMNS} FROM keys");
             let keys = bytes(wanted.keys.iter().map(|k| k.0));
-            for row in select_in(conn, &select, "key_data", keys).await? {
-                let record = projection::key_record_from_row(&row, 0)?;
-                overlay.state.keys.insert(record.key.key_data, record);
+            key_rows.extend(select_in(conn, &select_keys, "key_data", keys).await?);
+        }
+        if !submission_keys.is_empty() {
+            let ids = bytes(submission_keys.iter().map(|s| s.0));
+            key_rows.extend(select_in(conn, &select_keys, "submission", ids).await?);
+        }
+        for row in key_rows {
+            let record = projection::key_record_from_row(&row, 0)?;
+            overlay.state.keys.insert(record.key.key_data, record);
+        }
+        if !wanted.provider_codes.is_empty() {
+            let ids = bytes(wanted.provider_codes.iter().map(|p| p.0));
+            let select = format!("SELECT code_hash, {CODE_COLUMNS} FROM codes");
+            for row in select_in(conn, &select, "redeemed = 0 AND provider", ids).await? {
+                overlay
+                    .state
+                    .codes
+                    .insert(Digest(row.array(0)?), projection::code_from_row(&row, 1)?);
             }
+        }
+        let select_tokens = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens");
+        let mut token_rows = Vec::new();
+        if !wanted.admin_tokens.is_empty() {
+            let ids = bytes(wanted.admin_tokens.iter().map(|t| t.0));
+            token_rows.extend(select_in(conn, &select_tokens, "id", ids).await?);
+        }
+        if !wanted.admin_token_hashes.is_empty() {
+            let hashes = bytes(wanted.admin_token_hashes.iter().map(|h| h.0));
+            token_rows.extend(select_in(conn, &select_tokens, "token_hash", hashes).await?);
+        }
+        for row in token_rows {
+            let (id, token) = projection::admin_token_from_row(&row)?;
+            overlay.state.admin_tokens.insert(id, token);
+        }
+        if wanted.withdrawals {
+            overlay.state.withdrawals = projection::withdrawals(conn).await?;
         }
         for (region, stream) in &wanted.cursors {
             let sql =
@@ -318,6 +392,32 @@ impl Overlay {
             }
             // Rows the overlay holds are dropped by `apply`; the rest by `apply_retention`.
             Event::RetentionApplied { .. } => {}
+            Event::ProviderRevoked { provider } => {
+                self.dirty_providers.insert(*provider);
+            }
+            Event::SubmissionsWithdrawn { submissions, .. } => {
+                let withdrawn: BTreeSet<&TrackingId> = submissions.iter().collect();
+                self.dirty_submissions.extend(submissions.iter().copied());
+                self.dirty_keys.extend(
+                    self.state
+                        .keys
+                        .values()
+                        .filter(|k| withdrawn.contains(&k.submission))
+                        .map(|k| k.key.key_data),
+                );
+                self.dirty_withdrawals = true;
+            }
+            Event::KeysWithdrawn { keys, .. } => {
+                self.dirty_keys.extend(keys.iter().copied());
+                self.dirty_withdrawals = true;
+            }
+            Event::CodesInvalidated { codes } => {
+                self.dirty_codes.extend(codes.iter().copied());
+            }
+            Event::AdminTokenCreated { token, .. } | Event::AdminTokenRevoked { token } => {
+                self.dirty_admin_tokens.insert(*token);
+            }
+            Event::AdminAction { .. } => {}
         }
     }
 
@@ -328,7 +428,7 @@ impl Overlay {
             conn,
             "providers",
             "id",
-            &["id", "name", "region", "token_hash", "suspended"],
+            &["id", "name", "region", "token_hash", "suspended", "revoked"],
             self.dirty_providers.iter().filter_map(|id| {
                 s.providers.get(id).map(|p| {
                     vec![
@@ -337,6 +437,7 @@ impl Overlay {
                         p.region.as_str().into(),
                         p.token_hash.0.into(),
                         p.suspended.into(),
+                        p.revoked.into(),
                     ]
                 })
             }),
@@ -402,7 +503,15 @@ impl Overlay {
             "submissions",
             "id",
             &[
-                "id", "claim", "provider", "region", "hour", "inserted", "skipped", "dropped",
+                "id",
+                "claim",
+                "provider",
+                "region",
+                "hour",
+                "inserted",
+                "skipped",
+                "dropped",
+                "withdrawn",
             ],
             self.dirty_submissions.iter().filter_map(|id| {
                 s.submissions.get(id).map(|x| {
@@ -415,6 +524,7 @@ impl Overlay {
                         x.inserted.into(),
                         x.skipped.into(),
                         x.dropped.into(),
+                        x.withdrawn.into(),
                     ]
                 })
             }),
@@ -432,6 +542,7 @@ impl Overlay {
                 "submission",
                 "region",
                 "hour",
+                "withdrawn",
             ],
             self.dirty_keys.iter().filter_map(|k| {
                 s.keys.get(k).map(|r| {
@@ -443,6 +554,7 @@ impl Overlay {
                         r.submission.0.into(),
                         r.region.as_str().into(),
                         r.hour.into(),
+                        r.withdrawn.into(),
                     ]
                 })
             }),
@@ -459,6 +571,7 @@ impl Overlay {
                 "held_from",
                 "seq",
                 "chain_hash",
+                "revised_through",
             ],
             self.dirty_cursors.iter().filter_map(|key| {
                 s.cursors.get(key).map(|c| {
@@ -469,6 +582,7 @@ impl Overlay {
                         c.held_from.into(),
                         c.seq.into(),
                         c.chain_hash.0.into(),
+                        c.revised_through.into(),
                     ]
                 })
             }),
@@ -497,6 +611,46 @@ impl Overlay {
             }),
         )
         .await?;
+        upsert(
+            conn,
+            "admin_tokens",
+            "id",
+            &["id", "token_hash", "scope", "label", "revoked"],
+            self.dirty_admin_tokens.iter().filter_map(|id| {
+                s.admin_tokens.get(id).map(|t| {
+                    vec![
+                        id.0.into(),
+                        t.token_hash.0.into(),
+                        t.scope.name().into(),
+                        t.label.as_str().into(),
+                        t.revoked.into(),
+                    ]
+                })
+            }),
+        )
+        .await?;
+        if self.dirty_withdrawals {
+            upsert(
+                conn,
+                "counters",
+                "name",
+                &["name", "value"],
+                std::iter::once(vec!["withdrawals".into(), s.withdrawals.into()]),
+            )
+            .await?;
+        }
+        // Invalidated codes: dirty, and gone from the state.
+        let gone: Vec<Value> = self
+            .dirty_codes
+            .iter()
+            .filter(|h| !s.codes.contains_key(h))
+            .map(|h| h.0.into())
+            .collect();
+        for chunk in gone.chunks(MAX_PARAMS) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("DELETE FROM codes WHERE code_hash IN ({})", list.join(", "));
+            conn.execute(&sql, chunk).await?;
+        }
         Ok(())
     }
 }
@@ -532,12 +686,20 @@ async fn upsert(
 pub async fn append_events(conn: &mut Conn, events: &[Event]) -> Result<(), sqlx::Error> {
     for chunk in events.chunks(1000) {
         let sql = format!(
-            "INSERT INTO events (payload, key_hour) VALUES {}",
-            placeholders(chunk.len(), 2)
+            "INSERT INTO events (payload, key_hour, kind) VALUES {}",
+            placeholders(chunk.len(), 3)
         );
         let params: Vec<Value> = chunk
             .iter()
-            .flat_map(|e| [Value::Text(e.encode()), e.key_material_hour().into()])
+            .flat_map(|e| {
+                // Admin actions are listed on their own: the audit trail.
+                let kind = matches!(e, Event::AdminAction { .. }).then(|| e.kind().to_owned());
+                [
+                    Value::Text(e.encode()),
+                    e.key_material_hour().into(),
+                    kind.into(),
+                ]
+            })
             .collect();
         conn.execute(&sql, &params).await?;
     }

@@ -7,9 +7,11 @@
 //! the two can be compared.
 
 use confidant_core::state::KeyRecord;
+use confidant_core::state::StateDigest;
 use confidant_core::{
-    Claim, ClaimId, Code, CodeFormat, Credential, Cursor, Digest, Event, FileRecord, Key32,
-    KeyData, Provider, ProviderId, Region, State, StoredKey, Stream, Submission, TrackingId,
+    AdminToken, AdminTokenId, Claim, ClaimId, Code, CodeFormat, Credential, Cursor, Digest, Event,
+    FileRecord, Key32, KeyData, Provider, ProviderId, Region, Scope, State, StoredKey, Stream,
+    Submission, TrackingId,
 };
 
 use crate::db::{Conn, Row, Value};
@@ -37,9 +39,10 @@ pub fn provider_from_row(row: &Row, first: usize) -> Result<Provider, sqlx::Erro
         region: region(row, first + 1)?,
         token_hash: Digest(row.array(first + 2)?),
         suspended: row.int(first + 3)? != 0,
+        revoked: row.int(first + 4)? != 0,
     })
 }
-pub const PROVIDER_COLUMNS: &str = "name, region, token_hash, suspended";
+pub const PROVIDER_COLUMNS: &str = "name, region, token_hash, suspended, revoked";
 
 pub fn code_from_row(row: &Row, first: usize) -> Result<Code, sqlx::Error> {
     let format = row.text(first + 1)?;
@@ -83,9 +86,11 @@ pub fn submission_from_row(row: &Row, first: usize) -> Result<Submission, sqlx::
         inserted: row.int(first + 4)? as u32,
         skipped: row.int(first + 5)? as u32,
         dropped: row.int(first + 6)? as u32,
+        withdrawn: row.int(first + 7)? != 0,
     })
 }
-pub const SUBMISSION_COLUMNS: &str = "claim, provider, region, hour, inserted, skipped, dropped";
+pub const SUBMISSION_COLUMNS: &str =
+    "claim, provider, region, hour, inserted, skipped, dropped, withdrawn";
 
 pub fn key_record_from_row(row: &Row, first: usize) -> Result<KeyRecord, sqlx::Error> {
     Ok(KeyRecord {
@@ -98,10 +103,11 @@ pub fn key_record_from_row(row: &Row, first: usize) -> Result<KeyRecord, sqlx::E
         submission: TrackingId(row.array(first + 4)?),
         region: region(row, first + 5)?,
         hour: row.int(first + 6)? as u64,
+        withdrawn: row.opt_int(first + 7)?.map(|n| n as u64),
     })
 }
-pub const KEY_COLUMNS: &str =
-    "key_data, rolling_start, rolling_period, transmission_risk, submission, region, hour";
+pub const KEY_COLUMNS: &str = "key_data, rolling_start, rolling_period, transmission_risk, \
+     submission, region, hour, withdrawn";
 
 fn stream(row: &Row, index: usize) -> Result<Stream, sqlx::Error> {
     let text = row.text(index)?;
@@ -117,10 +123,12 @@ pub fn cursor_from_row(row: &Row) -> Result<((Region, Stream), Cursor), sqlx::Er
             held_from: row.int(3)? as u64,
             seq: row.int(4)? as u64,
             chain_hash: Digest(row.array(5)?),
+            revised_through: row.int(6)? as u64,
         },
     ))
 }
-pub const CURSOR_COLUMNS: &str = "region, stream, next_start, held_from, seq, chain_hash";
+pub const CURSOR_COLUMNS: &str =
+    "region, stream, next_start, held_from, seq, chain_hash, revised_through";
 
 /// Decodes `FILE_COLUMNS`.
 pub fn file_from_row(row: &Row) -> Result<(String, FileRecord), sqlx::Error> {
@@ -139,8 +147,34 @@ pub fn file_from_row(row: &Row) -> Result<(String, FileRecord), sqlx::Error> {
 }
 pub const FILE_COLUMNS: &str = "path, region, stream, start_ts, end_ts, seq, sha256, bytes";
 
-/// Reads every projection table into a `State`.
-pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
+/// Decodes `id, ADMIN_TOKEN_COLUMNS`.
+pub fn admin_token_from_row(row: &Row) -> Result<(AdminTokenId, AdminToken), sqlx::Error> {
+    let scope = row.text(2)?;
+    Ok((
+        AdminTokenId(row.array(0)?),
+        AdminToken {
+            token_hash: Digest(row.array(1)?),
+            scope: Scope::parse(&scope)
+                .ok_or_else(|| decode_error(format!("unknown scope {scope}")))?,
+            label: row.text(3)?,
+            revoked: row.int(4)? != 0,
+        },
+    ))
+}
+pub const ADMIN_TOKEN_COLUMNS: &str = "id, token_hash, scope, label, revoked";
+
+/// The withdrawal counter (0 before the first withdrawal).
+pub async fn withdrawals(conn: &mut Conn) -> Result<u64, sqlx::Error> {
+    Ok(conn
+        .fetch_optional("SELECT value FROM counters WHERE name = 'withdrawals'", &[])
+        .await?
+        .map(|row| row.int(0))
+        .transpose()?
+        .unwrap_or(0) as u64)
+}
+
+/// Reads the tables that stay small (providers, cursors, files, admin tokens, counters).
+async fn load_small_tables(conn: &mut Conn) -> Result<State, sqlx::Error> {
     let mut state = State::default();
     for row in conn
         .fetch_all(
@@ -153,6 +187,37 @@ pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
             .providers
             .insert(ProviderId(row.array(0)?), provider_from_row(&row, 1)?);
     }
+    for row in conn
+        .fetch_all(&format!("SELECT {CURSOR_COLUMNS} FROM cursors"), &[])
+        .await?
+    {
+        let (key, cursor) = cursor_from_row(&row)?;
+        state.cursors.insert(key, cursor);
+    }
+    for row in conn
+        .fetch_all(&format!("SELECT {FILE_COLUMNS} FROM files"), &[])
+        .await?
+    {
+        let (path, file) = file_from_row(&row)?;
+        state.files.insert(path, file);
+    }
+    for row in conn
+        .fetch_all(
+            &format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens"),
+            &[],
+        )
+        .await?
+    {
+        let (id, token) = admin_token_from_row(&row)?;
+        state.admin_tokens.insert(id, token);
+    }
+    state.withdrawals = withdrawals(conn).await?;
+    Ok(state)
+}
+
+/// Reads every projection table into a `State`.
+pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
+    let mut state = load_small_tables(conn).await?;
     for row in conn
         .fetch_all(&format!("SELECT code_hash, {CODE_COLUMNS} FROM codes"), &[])
         .await?
@@ -187,21 +252,113 @@ pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
         let record = key_record_from_row(&row, 0)?;
         state.keys.insert(record.key.key_data, record);
     }
-    for row in conn
-        .fetch_all(&format!("SELECT {CURSOR_COLUMNS} FROM cursors"), &[])
-        .await?
-    {
-        let (key, cursor) = cursor_from_row(&row)?;
-        state.cursors.insert(key, cursor);
-    }
-    for row in conn
-        .fetch_all(&format!("SELECT {FILE_COLUMNS} FROM files"), &[])
-        .await?
-    {
-        let (path, file) = file_from_row(&row)?;
-        state.files.insert(path, file);
-    }
     Ok(state)
+}
+
+/// Pages through a table in primary-key order (`key` is a BLOB column, so both backends
+/// order it bytewise, as `BTreeMap` orders the byte arrays), feeding each row to `digest`.
+async fn digest_table<K: std::fmt::Debug, V: std::fmt::Debug>(
+    conn: &mut Conn,
+    digest: &mut StateDigest,
+    name: &str,
+    select: &str,
+    key: &str,
+    decode: impl Fn(&Row) -> Result<(Vec<u8>, K, V), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    digest.start(name);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let rows = match &after {
+            None => {
+                conn.fetch_all(&format!("{select} ORDER BY {key} LIMIT 20000"), &[])
+                    .await?
+            }
+            Some(last) => {
+                conn.fetch_all(
+                    &format!("{select} WHERE {key} > $1 ORDER BY {key} LIMIT 20000"),
+                    &[Value::Bytes(last.clone())],
+                )
+                .await?
+            }
+        };
+        let Some(last_row) = rows.last() else {
+            return Ok(());
+        };
+        after = Some(decode(last_row)?.0);
+        for row in &rows {
+            let (_, k, v) = decode(row)?;
+            digest.record(&k, &v);
+        }
+    }
+}
+
+/// [`State::digest`] of the projections, streamed: the large tables are read a page at a
+/// time, so memory stays flat however much the store holds.
+pub async fn state_digest(conn: &mut Conn) -> Result<Digest, sqlx::Error> {
+    let small = load_small_tables(conn).await?;
+    let mut digest = StateDigest::default();
+    digest.table("providers", &small.providers);
+    digest_table(
+        conn,
+        &mut digest,
+        "codes",
+        &format!("SELECT code_hash, {CODE_COLUMNS} FROM codes"),
+        "code_hash",
+        |row| {
+            Ok((
+                row.array::<32>(0)?.to_vec(),
+                Digest(row.array(0)?),
+                code_from_row(row, 1)?,
+            ))
+        },
+    )
+    .await?;
+    digest_table(
+        conn,
+        &mut digest,
+        "claims",
+        &format!("SELECT id, {CLAIM_COLUMNS} FROM claims"),
+        "id",
+        |row| {
+            Ok((
+                row.array::<16>(0)?.to_vec(),
+                ClaimId(row.array(0)?),
+                claim_from_row(row, 1)?,
+            ))
+        },
+    )
+    .await?;
+    digest_table(
+        conn,
+        &mut digest,
+        "submissions",
+        &format!("SELECT id, {SUBMISSION_COLUMNS} FROM submissions"),
+        "id",
+        |row| {
+            Ok((
+                row.array::<16>(0)?.to_vec(),
+                TrackingId(row.array(0)?),
+                submission_from_row(row, 1)?,
+            ))
+        },
+    )
+    .await?;
+    digest_table(
+        conn,
+        &mut digest,
+        "keys",
+        &format!("SELECT {KEY_COLUMNS} FROM keys"),
+        "key_data",
+        |row| {
+            let record = key_record_from_row(row, 0)?;
+            Ok((record.key.key_data.0.to_vec(), record.key.key_data, record))
+        },
+    )
+    .await?;
+    digest.table("cursors", &small.cursors);
+    digest.table("files", &small.files);
+    digest.table("admin_tokens", &small.admin_tokens);
+    Ok(digest.finish(small.withdrawals))
 }
 
 /// Runs a `RetentionApplied` event's deletions: the same rows `State::apply` drops.

@@ -90,6 +90,28 @@ CREATE TABLE leases (
     expires_at INTEGER NOT NULL
 );
 ",
+    r"
+ALTER TABLE providers ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE submissions ADD COLUMN withdrawn INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE keys ADD COLUMN withdrawn INTEGER;
+CREATE INDEX keys_withdrawn ON keys (region, withdrawn) WHERE withdrawn IS NOT NULL;
+ALTER TABLE cursors ADD COLUMN revised_through INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX submissions_by_provider ON submissions (provider, hour);
+CREATE INDEX codes_by_provider ON codes (provider);
+CREATE TABLE admin_tokens (
+    id BLOB PRIMARY KEY,
+    token_hash BLOB NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    label TEXT NOT NULL,
+    revoked INTEGER NOT NULL
+);
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+ALTER TABLE events ADD COLUMN kind TEXT;
+CREATE INDEX events_by_kind ON events (kind, seq) WHERE kind IS NOT NULL;
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -177,10 +199,32 @@ CREATE TABLE leases (
     expires_at BIGINT NOT NULL
 );
 ",
+    r"
+ALTER TABLE providers ADD COLUMN revoked BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE submissions ADD COLUMN withdrawn BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE keys ADD COLUMN withdrawn BIGINT;
+CREATE INDEX keys_withdrawn ON keys (region, withdrawn) WHERE withdrawn IS NOT NULL;
+ALTER TABLE cursors ADD COLUMN revised_through BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX submissions_by_provider ON submissions (provider, hour);
+CREATE INDEX codes_by_provider ON codes (provider);
+CREATE TABLE admin_tokens (
+    id BYTEA PRIMARY KEY,
+    token_hash BYTEA NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    label TEXT NOT NULL,
+    revoked BIGINT NOT NULL
+);
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+ALTER TABLE events ADD COLUMN kind TEXT;
+CREATE INDEX events_by_kind ON events (kind, seq) WHERE kind IS NOT NULL;
+",
 ];
 
 /// Tables rebuilt from the log, children first so deletion order is safe.
-pub const PROJECTION_TABLES: [&str; 7] = [
+pub const PROJECTION_TABLES: [&str; 9] = [
     "keys",
     "submissions",
     "claims",
@@ -188,6 +232,8 @@ pub const PROJECTION_TABLES: [&str; 7] = [
     "providers",
     "cursors",
     "files",
+    "admin_tokens",
+    "counters",
 ];
 
 /// Brings the schema up to date; safe to run on every start and from several processes.

@@ -7,6 +7,7 @@
 //! answered before that commit returns, so an acknowledgement always means the data is on
 //! stable storage; if the commit fails, every request of the batch gets an error.
 
+use confidant_core::corrections::{self, Actor, Command, Outcome};
 use confidant_core::state::StoredKey;
 use confidant_core::{
     ClaimId, CodeFormat, CodePolicy, Credential, Digest, DomainError, Event, Key32, ProviderId,
@@ -64,6 +65,13 @@ pub(crate) enum Write {
         now: UnixSeconds,
     },
     Rebuild,
+    /// An operator's correction, audited.
+    Correct {
+        command: Command,
+        actor: Actor,
+        now: UnixSeconds,
+        reason: String,
+    },
     /// A `BatchPublished` event; refused with `Conflict` when the stream's cursor has moved
     /// (another instance published the window first).
     Publish(Event),
@@ -103,6 +111,7 @@ pub enum Written {
     },
     Published,
     Retained(RetentionReport),
+    Corrected(Outcome),
 }
 
 /// What a retention run removed.
@@ -242,7 +251,60 @@ impl Write {
             Write::Publish(Event::BatchPublished { region, stream, .. }) => {
                 wanted.cursors.insert((region.clone(), *stream));
             }
+            Write::Correct { command, .. } => command_wants(command, wanted),
             Write::Publish(_) | Write::Rebuild | Write::Retention { .. } => {}
+        }
+    }
+}
+
+/// The rows a correction reads.
+fn command_wants(command: &Command, wanted: &mut Wanted) {
+    match command {
+        Command::RegisterProvider {
+            provider,
+            token_hash,
+            ..
+        } => {
+            wanted.providers.insert(*provider);
+            wanted.provider_tokens.insert(*token_hash);
+        }
+        Command::SuspendProvider(provider) | Command::ReinstateProvider(provider) => {
+            wanted.providers.insert(*provider);
+        }
+        Command::RevokeProvider {
+            provider,
+            withdraw_since_hour,
+        } => {
+            wanted.providers.insert(*provider);
+            if let Some(hour) = withdraw_since_hour {
+                wanted.provider_submissions = Some((*provider, *hour));
+                wanted.withdrawals = true;
+            }
+        }
+        Command::WithdrawSubmission(id) => {
+            wanted.submissions.insert(*id);
+            wanted.submission_keys.insert(*id);
+            wanted.withdrawals = true;
+        }
+        Command::DeregisterKeys(keys) => {
+            wanted.keys.extend(keys.iter().copied());
+            wanted.withdrawals = true;
+        }
+        Command::InvalidateCode(hash) => {
+            wanted.codes.insert(*hash);
+        }
+        Command::InvalidateProviderCodes(provider) => {
+            wanted.providers.insert(*provider);
+            wanted.provider_codes.insert(*provider);
+        }
+        Command::CreateToken {
+            token, token_hash, ..
+        } => {
+            wanted.admin_tokens.insert(*token);
+            wanted.admin_token_hashes.insert(*token_hash);
+        }
+        Command::RevokeToken(token) => {
+            wanted.admin_tokens.insert(*token);
         }
     }
 }
@@ -450,6 +512,15 @@ fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), Sto
                 Some(cursor) if cursor.next_start != *start => Err(StoreError::Conflict),
                 _ => Ok((Written::Published, vec![event.clone()])),
             }
+        }
+        Write::Correct {
+            command,
+            actor,
+            now,
+            reason,
+        } => {
+            let (outcome, events) = corrections::decide(state, command, *actor, *now, reason)?;
+            Ok((Written::Corrected(outcome), events))
         }
         Write::Rebuild | Write::Retention { .. } => unreachable!("runs alone"),
     }

@@ -63,6 +63,7 @@ pub async fn run(count: usize) -> Result<()> {
                 TODAY - 3600,
                 TODAY,
                 &export_keys,
+                &[],
                 std::slice::from_ref(&export_signer),
                 gaen::DEFAULT_MAX_KEYS_PER_FILE,
             );
@@ -77,7 +78,7 @@ pub async fn run(count: usize) -> Result<()> {
                 end: TODAY,
                 keys_from: TODAY - 900,
             };
-            let built = build_feed_files(follower, window, feed_keys, &feed_signer, "999-v1", 96);
+            let built = build_feed_files(follower, window, feed_keys, &[], &feed_signer, "999-v1", 96);
             (built, began.elapsed())
         });
         let ((zips, exported), (built, fed)) = (exports.await?, feed.await?);
