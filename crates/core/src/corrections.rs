@@ -401,6 +401,12 @@ pub fn decide(
         outcome.changed = false;
         return Ok((outcome, Vec::new()));
     }
+    let withdrew = effects.iter().any(|e| {
+        matches!(
+            e,
+            Event::SubmissionsWithdrawn { .. } | Event::KeysWithdrawn { .. }
+        )
+    });
     let audit = Event::AdminAction {
         actor,
         at: now,
@@ -408,6 +414,7 @@ pub fn decide(
         target,
         reason: reason.to_owned(),
         outcome: outcome.summary(command),
+        withdrawal: withdrew.then_some(serial),
     };
     let mut events = effects;
     events.push(audit);
@@ -559,6 +566,20 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(state.withdrawals, 2);
+        // The counter survives the purge of the key-carrying events: the audit entries hold it.
+        let (_, events) = decide(
+            &state,
+            &Command::DeregisterKeys(vec![KeyData([221; 16])]),
+            Actor::Console,
+            NOW,
+            "again",
+        )
+        .expect("decided");
+        let audit_only: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.key_material_hour().is_none())
+            .collect();
+        assert_eq!(State::replay(audit_only).withdrawals, 3);
         assert_eq!(state.keys[&KeyData([220; 16])].withdrawn, Some(2));
         assert_eq!(state.keys[&KeyData([110; 16])].withdrawn, Some(1));
         assert_eq!(

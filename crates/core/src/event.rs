@@ -135,6 +135,10 @@ pub enum Event {
         reason: String,
         /// What it did, e.g. "withdrew 3 submissions (41 keys)".
         outcome: String,
+        /// The serial number of the withdrawal it made, if any. Kept here as well because
+        /// this event is never purged: the counter survives the purge of key material.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        withdrawal: Option<u64>,
     },
 }
 

@@ -340,7 +340,11 @@ impl State {
                 }
             }
             // The audit trail is the log itself.
-            Event::AdminAction { .. } => {}
+            Event::AdminAction { withdrawal, .. } => {
+                if let Some(serial) = withdrawal {
+                    self.withdrawals = self.withdrawals.max(*serial);
+                }
+            }
         }
     }
 

@@ -98,6 +98,10 @@ impl Wanted {
             Event::AdminTokenRevoked { token } => {
                 self.admin_tokens.insert(*token);
             }
+            Event::AdminAction {
+                withdrawal: Some(_),
+                ..
+            } => self.withdrawals = true,
             // Invalidated codes are deleted whether loaded or not.
             Event::CodesInvalidated { .. }
             | Event::AdminTokenCreated { .. }
@@ -417,7 +421,9 @@ impl Overlay {
             Event::AdminTokenCreated { token, .. } | Event::AdminTokenRevoked { token } => {
                 self.dirty_admin_tokens.insert(*token);
             }
-            Event::AdminAction { .. } => {}
+            Event::AdminAction { withdrawal, .. } => {
+                self.dirty_withdrawals |= withdrawal.is_some();
+            }
         }
     }
 

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 
 use confidant_core::SmallBatch;
+use confidant_core::TrackingId;
+use confidant_core::corrections::{Actor, Command, Outcome};
 use confidant_core::feed::{self, FeedFollower, FeedIndex};
 use confidant_server::{ManualClock, RegionSettings};
 use confidant_store::testing::TestDatabase;
@@ -44,10 +46,19 @@ async fn get(server: &TestServer, path: &str) -> reqwest::Response {
 
 /// Every key in the files an index lists, each file verified with the server's public key.
 pub async fn export_keys(server: &TestServer, index: &str) -> Vec<gaen::DiagnosisKey> {
+    export_contents(server, index).await.0
+}
+
+/// The keys and the revised keys in the files an index lists, each file verified.
+async fn export_contents(
+    server: &TestServer,
+    index: &str,
+) -> (Vec<gaen::DiagnosisKey>, Vec<gaen::DiagnosisKey>) {
     let response = get(server, index).await;
     assert_eq!(response.status(), 200, "{index}");
     let listing = response.text().await.expect("index");
     let mut keys = Vec::new();
+    let mut revised = Vec::new();
     for path in listing.lines() {
         let response = get(server, &format!("/{path}")).await;
         assert_eq!(response.status(), 200, "{path}");
@@ -68,8 +79,9 @@ pub async fn export_keys(server: &TestServer, index: &str) -> Vec<gaen::Diagnosi
             "keys sorted by key_data"
         );
         keys.extend(export.keys);
+        revised.extend(export.revised_keys);
     }
-    keys
+    (keys, revised)
 }
 
 pub fn seeds_of(keys: &[gaen::DiagnosisKey]) -> BTreeSet<u8> {
@@ -593,4 +605,131 @@ async fn metrics_and_health_endpoints() {
         "routes are labelled by pattern, never by raw path"
     );
     server.stop().await;
+}
+
+/// Uploads keys `(seed, days_ago)` through `/v1`; returns the tracking ID.
+async fn upload_days(server: &TestServer, keys: &[(u8, u32)]) -> TrackingId {
+    let code = server.code("long").await;
+    let token = verify(server, &code).await;
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|(seed, days_ago)| {
+            json!({
+                "key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [*seed; 16]),
+                "rollingStartNumber": crate::rolling_start(*days_ago),
+                "rollingPeriod": 144,
+            })
+        })
+        .collect();
+    let (status, body, _) = post(
+        server,
+        "/v1/submissions",
+        Some(&token),
+        json!({"keys": keys}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    TrackingId::from_hex(body["trackingId"].as_str().expect("tracking id")).expect("hex")
+}
+
+async fn correct(server: &TestServer, command: Command, now: u64) -> Outcome {
+    server
+        .store
+        .correct(command, Actor::Console, now, "test correction".into())
+        .await
+        .expect("corrected")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawals_reach_the_feed_and_the_exports() {
+    for dialect in BOTH {
+        let db = TestDatabase::create(dialect).await;
+        let (server, _dir) = started(&db, no_padding).await;
+        let a = upload_days(&server, &[(2, 1), (3, 2)]).await;
+        let b = upload_days(&server, &[(4, 1), (5, 2)]).await;
+        publish_at(&server, T0 + 2 * HOUR).await;
+        assert_eq!(feed_live(&server).await, seed_keys(&[2, 3, 4, 5]));
+
+        // A third upload, still under embargo, is withdrawn before it is ever published; the
+        // first is rolled back and one key of the second de-registered after publication.
+        server.clock.set(T0 + 2 * HOUR + 100);
+        let c = upload_days(&server, &[(6, 1)]).await;
+        let now = T0 + 2 * HOUR + 200;
+        let rolled_back = correct(&server, Command::WithdrawSubmission(a), now).await;
+        assert_eq!(
+            (
+                rolled_back.submissions_withdrawn,
+                rolled_back.keys_withdrawn
+            ),
+            (1, 2)
+        );
+        let key = confidant_core::KeyData([4; 16]);
+        assert_eq!(
+            correct(&server, Command::DeregisterKeys(vec![key]), now)
+                .await
+                .keys_withdrawn,
+            1
+        );
+        correct(&server, Command::WithdrawSubmission(c), now).await;
+
+        publish_at(&server, T0 + 4 * HOUR).await;
+        let (keys, revised) = export_contents(&server, "/exports/302/index.txt").await;
+        assert_eq!(
+            seeds_of(&keys),
+            BTreeSet::from([2, 3, 4, 5]),
+            "{dialect:?}: 6 never published"
+        );
+        assert_eq!(
+            revised.len(),
+            3,
+            "each withdrawn key revoked once: {revised:?}"
+        );
+        assert_eq!(seeds_of(&revised), BTreeSet::from([2, 3, 4]));
+        assert!(
+            revised
+                .iter()
+                .all(|k| k.report_type == Some(gaen::ReportType::Revoked))
+        );
+        assert_eq!(
+            feed_live(&server).await,
+            seed_keys(&[5]),
+            "removed from the feed"
+        );
+
+        // The day's daily file closes later: withdrawn keys are not in it.
+        publish_at(&server, T0 + 16 * HOUR).await;
+        let (daily, daily_revised) = export_contents(&server, "/exports/302/daily/index.txt").await;
+        assert_eq!(seeds_of(&daily), BTreeSet::from([5]));
+        assert!(
+            daily_revised.is_empty(),
+            "the daily stream never published them"
+        );
+        assert_eq!(feed_live(&server).await, seed_keys(&[5]));
+
+        let withdrawn = |id| {
+            let store = server.store.clone();
+            async move {
+                store
+                    .submission(id)
+                    .await
+                    .expect("read")
+                    .expect("exists")
+                    .withdrawn
+            }
+        };
+        assert!(withdrawn(a).await && withdrawn(c).await && !withdrawn(b).await);
+        let report = server.store.check().await.expect("check");
+        assert!(report.consistent(), "{report:?}");
+        assert_eq!(
+            server.store.state_digest().await.expect("digest"),
+            server
+                .store
+                .projected_state()
+                .await
+                .expect("state")
+                .digest()
+        );
+        server.stop().await;
+        db.finish().await;
+    }
 }

@@ -1,6 +1,7 @@
 //! Property: for random operation sequences, live projections equal the replay of the log,
 //! and SQLite and PostgreSQL end in the same state.
 
+use confidant_core::corrections::{Actor, Command};
 use confidant_core::{ClaimId, CodeFormat, CodePolicy, Credential, ProviderId, State};
 use confidant_store::testing::TestDatabase;
 use confidant_store::{ClaimLookup, Dialect, StoreError};
@@ -27,6 +28,11 @@ enum Op {
         id: u8,
     },
     Advance(u16),
+    Revoke(u8, Option<u8>),
+    Withdraw(u8),
+    Deregister(Vec<u8>),
+    InvalidateCode(u8),
+    InvalidateCodes(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -42,10 +48,15 @@ fn op() -> impl Strategy<Value = Op> {
         (
             0u8..6,
             proptest::collection::vec((0u8..40, 0u8..16), 0..6),
-            any::<u8>()
+            0u8..8
         )
             .prop_map(|(claim, keys, id)| Op::Submit { claim, keys, id }),
         (1u16..2000).prop_map(Op::Advance),
+        (0u8..4, proptest::option::of(0u8..3)).prop_map(|(p, since)| Op::Revoke(p, since)),
+        (0u8..8).prop_map(Op::Withdraw),
+        proptest::collection::vec(0u8..40, 1..4).prop_map(Op::Deregister),
+        (0u8..12).prop_map(Op::InvalidateCode),
+        (0u8..4).prop_map(Op::InvalidateCodes),
     ]
 }
 
@@ -55,6 +66,15 @@ async fn run(dialect: Dialect, ops: &[Op]) -> State {
     let store = open(&db).await;
     let h = hasher();
     let mut now = T0;
+    let correct = |command, now| {
+        let store = store.clone();
+        async move {
+            store
+                .correct(command, Actor::Console, now, "property test".into())
+                .await
+                .map(drop)
+        }
+    };
     for op in ops {
         let result: Result<(), StoreError> = match op {
             Op::Register(p) => {
@@ -107,6 +127,27 @@ async fn run(dialect: Dialect, ops: &[Op]) -> State {
                 now += u64::from(*seconds);
                 Ok(())
             }
+            Op::Revoke(p, since) => {
+                correct(
+                    Command::RevokeProvider {
+                        provider: ProviderId([*p; 8]),
+                        withdraw_since_hour: since.map(|h| T0 / 3600 + u64::from(h)),
+                    },
+                    now,
+                )
+                .await
+            }
+            Op::Withdraw(id) => correct(Command::WithdrawSubmission(tracking(*id)), now).await,
+            Op::Deregister(seeds) => {
+                let keys = seeds.iter().map(|s| key(*s, 0).key_data).collect();
+                correct(Command::DeregisterKeys(keys), now).await
+            }
+            Op::InvalidateCode(code) => {
+                correct(Command::InvalidateCode(h.code(&format!("c{code}"))), now).await
+            }
+            Op::InvalidateCodes(p) => {
+                correct(Command::InvalidateProviderCodes(ProviderId([*p; 8])), now).await
+            }
         };
         match result {
             Ok(()) | Err(StoreError::Domain(_)) | Err(StoreError::Conflict) => {}
@@ -120,6 +161,13 @@ async fn run(dialect: Dialect, ops: &[Op]) -> State {
         "{dialect:?}: projections differ from the replayed log"
     );
     assert!(store.check().await.expect("check").consistent());
+    assert_eq!(
+        store.state_digest().await.expect("digest"),
+        replayed.digest(),
+        "{dialect:?}: the streamed digest is the replay's"
+    );
+    store.rebuild().await.expect("rebuilds");
+    assert_eq!(store.projected_state().await.expect("projections"), live);
     store.close().await;
     db.finish().await;
     live
