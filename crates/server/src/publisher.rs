@@ -339,6 +339,8 @@ impl Publisher {
                 .increment(published);
             metrics::histogram!("confidant_batch_keys", "stream" => stream.name())
                 .record(batch_keys as f64);
+            metrics::counter!("confidant_keys_revoked_total", "stream" => stream.name())
+                .increment(u64::from(revisions.keys));
             tracing::info!(
                 region = %region,
                 stream = %stream,
