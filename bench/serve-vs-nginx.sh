@@ -14,7 +14,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; nginx -s stop -c "$WORK/nginx.conf" 2
 # A server with one published hour: one upload, padded to ~1,000 keys as in production.
 "$BIN" serve --dev --data-dir "$WORK/data" --listen 127.0.0.1:18080 --log-format json 2>"$WORK/serve.log" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.2; done
-TOKEN=$("$BIN" provider add --name Bench --region 302 --data-dir "$WORK/data" | awk '/api token:/ {print $3}')
+ADMIN=$("$BIN" admin token create --scope admin --label bench --data-dir "$WORK/data" | awk '/^token:/ {print $2}')
+TOKEN=$("$BIN" admin provider add --name Bench --region 302 --reason bench --url http://127.0.0.1:18080 --token "$ADMIN" | awk '/api token:/ {print $3}')
 CODE=$(curl -sf -X POST -H "Authorization: Bearer $TOKEN" -d '{"format":"long"}' http://127.0.0.1:18080/v1/codes | sed 's/.*"code":"\([^"]*\)".*/\1/')
 UPLOAD=$(curl -sf -X POST -d "{\"code\":\"$CODE\"}" http://127.0.0.1:18080/v1/verify | sed 's/.*"token":"\([^"]*\)".*/\1/')
 RSN=$(( $(date +%s) / 86400 * 144 - 144 ))

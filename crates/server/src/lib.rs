@@ -1,12 +1,13 @@
-//! Confidant's HTTP surfaces: the native JSON API (`/v1`), the COVID Shield compatibility
-//! protocol (uploads and retrieval), published files (`/exports`, `/feed`), metrics and
-//! health endpoints, and the background publisher and janitor. Only this crate knows HTTP
-//! and JSON.
+//! Confidant's HTTP surfaces: the native JSON API (`/v1`), the operators' admin API
+//! (`/admin/v1`), the COVID Shield compatibility protocol (uploads and retrieval), published
+//! files (`/exports`, `/feed`), metrics and health endpoints, and the background publisher and
+//! janitor. Only this crate knows HTTP and JSON.
 //!
 //! [`App::build`] wires a router around a [`Store`]; [`App::run_until_stopped`] serves it
 //! (and runs the background jobs) until a shutdown signal, then lets in-flight requests (and
 //! their commits) finish. Tests bind `127.0.0.1:0` and use exactly this wiring.
 
+mod admin;
 pub mod clock;
 mod covidshield;
 mod dev;
@@ -29,6 +30,7 @@ use confidant_core::{CodePolicy, KeyedHasher};
 use confidant_store::Store;
 use tokio::net::TcpListener;
 
+pub use admin::new_admin_token;
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use files::{FileStore, ServeCache};
 use lockout::Lockout;
@@ -146,6 +148,7 @@ impl App {
         // skip the timer.
         let api = Router::new()
             .merge(v1::routes())
+            .merge(admin::routes())
             .merge(covidshield::routes())
             .merge(retrieve::routes())
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -3,7 +3,8 @@
 //! - `POST /v1/codes` (provider bearer token) issues a one-time code;
 //! - `POST /v1/verify` redeems a code for an upload token with a key budget;
 //! - `POST /v1/submissions` (upload bearer token) stores diagnosis keys;
-//! - `GET /v1/submissions/{trackingId}` reports what a submission stored.
+//! - `GET /v1/submissions/{trackingId}` reports what a submission stored and where it stands
+//!   (accepted, published or withdrawn).
 
 use std::net::SocketAddr;
 
@@ -31,7 +32,7 @@ use crate::AppState;
 use crate::problem::Problem;
 
 /// Requests of the native API are small; padding included, 32 KiB is plenty.
-const BODY_LIMIT: usize = 32 * 1024;
+pub(crate) const BODY_LIMIT: usize = 32 * 1024;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -50,7 +51,7 @@ pub fn rfc3339(unix_seconds: u64) -> String {
         .unwrap_or_default()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -61,7 +62,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Parses a JSON body, turning every failure into a specific problem.
-fn json_body<T: DeserializeOwned>(
+pub(crate) fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     empty: Option<T>,
 ) -> Result<T, Problem> {
@@ -87,7 +88,7 @@ fn json_body<T: DeserializeOwned>(
     })
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     OsRng.fill_bytes(&mut bytes);
     bytes
@@ -308,16 +309,19 @@ async fn submission_status(
             "a tracking ID is 32 hexadecimal characters",
         )
     })?;
-    let submission = state.store.submission(id).await?.ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "unknown_submission",
-            "no submission has this tracking ID",
-        )
-    })?;
+    let report = crate::admin::submission_status(&state, id)
+        .await?
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown_submission",
+                "no submission has this tracking ID",
+            )
+        })?;
+    let submission = report.submission;
     Ok(axum::Json(json!({
         "trackingId": tracking_id,
-        "status": "stored",
+        "status": report.status.name(),
         "region": submission.region.as_str(),
         "submittedHour": rfc3339(submission.hour * 3600),
         "inserted": submission.inserted,

@@ -1,5 +1,6 @@
 //! The server over real HTTP on port 0, on SQLite and on PostgreSQL.
 
+mod admin;
 mod covidshield;
 mod native;
 mod publication;
