@@ -21,13 +21,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: native API, COVID Shield protocol (SQLite in ./confidant-data by default)
     Serve(ServeArgs),
-    /// Register and manage healthcare providers (works while the server runs)
-    #[command(subcommand)]
-    Provider(ProviderCommand),
+    /// Operate a running server through its admin API: providers, submissions, keys, codes,
+    /// the audit trail and admin tokens (`admin token create` makes the first token)
+    Admin(AdminArgs),
     /// Drop the projections and rebuild them by replaying the event log
     Rebuild(StoreArgs),
     /// Replay the event log into scratch state and compare it with the live projections
     Check(StoreArgs),
+    /// Move the event log between stores as a portable, checksummed file
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Inspect, verify and build GAEN export files (export.bin + export.sig in a zip)
     #[command(subcommand)]
     Export(ExportCommand),
@@ -44,6 +47,63 @@ pub enum Command {
     Bench(BenchCommand),
 }
 
+#[derive(Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub api: AdminApiArgs,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// Where the admin API is and the token to use it with.
+#[derive(Args)]
+pub struct AdminApiArgs {
+    /// Base URL of the server
+    #[arg(
+        long,
+        env = "CONFIDANT_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// Admin token (cadm_…); the environment variable keeps it out of shell history
+    #[arg(
+        long,
+        env = "CONFIDANT_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Register, inspect, suspend, reinstate and revoke healthcare providers
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Look up and withdraw submissions
+    #[command(subcommand)]
+    Submission(SubmissionCommand),
+    /// De-register diagnosis keys
+    #[command(subcommand)]
+    Key(AdminKeyCommand),
+    /// Invalidate a one-time code before it is used
+    #[command(subcommand)]
+    Code(AdminCodeCommand),
+    /// Show the audit trail: who did what, when and why
+    Audit {
+        /// Only entries after this sequence number (the `next` of the previous page)
+        #[arg(long, value_name = "SEQ")]
+        after: Option<i64>,
+        /// Entries per page, 1 to 1000 [default: 100]
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Create, list and revoke admin tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
 #[derive(Subcommand)]
 pub enum ProviderCommand {
     /// Register a provider; prints its id and API token (shown once, stored only as a hash)
@@ -53,24 +113,145 @@ pub enum ProviderCommand {
         /// Region its reports belong to, e.g. DE or 302
         #[arg(long)]
         region: String,
-        #[command(flatten)]
-        store: StoreArgs,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
     },
     /// List providers with their status
-    List {
-        #[command(flatten)]
-        store: StoreArgs,
+    List,
+    /// Show a provider with its codes, submissions and keys
+    Show {
+        /// Provider id (16 hex characters)
+        id: String,
     },
     /// Stop a provider from issuing codes; its unredeemed codes and open uploads stop working
     Suspend {
         /// Provider id (16 hex characters)
         id: String,
-        #[command(flatten)]
-        store: StoreArgs,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
     },
     /// Let a suspended provider work again
     Reinstate {
+        /// Provider id (16 hex characters)
         id: String,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+    },
+    /// Suspend a provider for good; with --retroactive, also withdraw its submissions
+    Revoke {
+        /// Provider id (16 hex characters)
+        id: String,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+        /// Withdraw the provider's submissions (all of them, or those from --since on)
+        #[arg(long)]
+        retroactive: bool,
+        /// With --retroactive: withdraw from this time on (RFC 3339 or unix seconds; the hour
+        /// it falls in counts)
+        #[arg(long, value_name = "T", requires = "retroactive")]
+        since: Option<String>,
+    },
+    /// Invalidate every code of the provider that is not redeemed yet
+    InvalidateCodes {
+        /// Provider id (16 hex characters)
+        id: String,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SubmissionCommand {
+    /// Show a submission: provider, hour, keys and status (accepted, published, withdrawn)
+    Show {
+        /// Tracking ID (32 hex characters)
+        tracking_id: String,
+    },
+    /// Withdraw a submission: its keys are no longer published, and revoked where they were
+    Withdraw {
+        /// Tracking ID (32 hex characters)
+        tracking_id: String,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdminKeyCommand {
+    /// Withdraw diagnosis keys wherever they were submitted
+    Deregister {
+        /// Keys as base64 (16 bytes) or 32 hex characters
+        keys: Vec<String>,
+        /// Also read keys from this file, one per line (`#` comments and blank lines skipped)
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCodeCommand {
+    /// Invalidate a one-time code that is not redeemed yet
+    Invalidate {
+        /// The code as issued (separators and case do not matter)
+        code: String,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create an admin token directly in the database (the bootstrap: needs no token);
+    /// prints the secret once
+    Create {
+        /// read, operate or admin
+        #[arg(long)]
+        scope: String,
+        /// Who or what holds it
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Why, for the audit trail
+        #[arg(long, default_value = "created on the console")]
+        reason: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List admin tokens with their scope
+    List,
+    /// Revoke an admin token at once
+    Revoke {
+        /// Token id (16 hex characters, the part after `cadm_`)
+        id: String,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Write the store's event log to FILE (`-` for stdout), read from one snapshot
+    Export {
+        /// Output file (`-` for stdout); written through FILE.partial and renamed when complete
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Load a log file into a fresh, empty store, then rebuild the projections from it.
+    /// The whole file is checked before anything is committed
+    Import {
+        /// Log file written by `confidant log export` (`-` for stdin)
+        file: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -254,5 +435,14 @@ pub enum BenchCommand {
     Publish {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
+    },
+    /// Import a generated log of submissions (14 keys each) into a fresh store, then time
+    /// `rebuild` twice: events/s, keys/s, peak memory, and that both give the same digest
+    Rebuild {
+        #[arg(long, default_value_t = 1_000_000)]
+        submissions: usize,
+        /// An empty database to measure (default: a fresh SQLite file in a temporary directory)
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
 }

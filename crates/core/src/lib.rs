@@ -10,6 +10,7 @@ pub mod corrections;
 pub mod event;
 pub mod feed;
 pub mod ids;
+pub mod logfile;
 pub mod publish;
 pub mod rules;
 pub mod state;

@@ -4,6 +4,7 @@
 //! Every change is a `core` event appended to the `events` table, with the projections updated
 //! in the same transaction by the single [`writer`]. Reads go straight to the projections.
 //! `rebuild` replays the log into empty projections; `check` compares a replay with them.
+//! `export_log` and [`Import`] move the log itself between stores, verbatim.
 
 mod db;
 mod overlay;
@@ -12,9 +13,12 @@ mod schema;
 pub mod testing;
 mod writer;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use confidant_core::corrections::{Actor, Command, Outcome};
+use confidant_core::logfile::LogRecord;
 use confidant_core::state::{KeyRecord, StoredKey};
 use confidant_core::{
     AdminToken, AdminTokenId, Claim, ClaimId, CodeFormat, CodePolicy, Credential, Cursor, Digest,
@@ -43,7 +47,7 @@ pub struct ProviderActivity {
     pub keys_submitted: u64,
     pub keys_withdrawn: u64,
 }
-use writer::{Job, Write};
+use writer::{Job, RebuildCounters, Write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +62,11 @@ pub enum StoreError {
     Conflict,
     #[error("the store is shutting down")]
     Closed,
+    /// An import goes into a fresh store only.
+    #[error(
+        "the store is not empty (the {table} table has rows); import into a fresh data directory or database"
+    )]
+    NotEmpty { table: &'static str },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -114,6 +123,103 @@ impl CheckReport {
     }
 }
 
+/// How far a rebuild has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Events replayed so far.
+    pub replayed: u64,
+    /// Events in the log (an upper bound when retention purged some: the span of sequence
+    /// numbers, which costs nothing to read).
+    pub total: u64,
+}
+
+/// An import in progress: one transaction that holds the writers' lock, started on an empty
+/// store. Nothing is visible, and a failure or [`Import::abort`] leaves the store empty, until
+/// [`Import::commit`].
+pub struct Import {
+    conn: Option<Conn>,
+    events: u64,
+}
+
+/// Rows per `INSERT` of an import; payloads are verbatim JSON.
+const IMPORT_ROWS: usize = 2000;
+
+impl Import {
+    /// Appends records to the log verbatim, in order. Projections are not touched: rebuild
+    /// after the commit. On an error the import is rolled back.
+    pub async fn append(&mut self, records: &[LogRecord]) -> Result<(), StoreError> {
+        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        let mut result = Ok(());
+        for chunk in records.chunks(IMPORT_ROWS) {
+            let params: Vec<db::Value> = chunk
+                .iter()
+                .flat_map(|r| overlay::event_row(r.payload.clone(), &r.event))
+                .collect();
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO events (payload, key_hour, kind) VALUES {}",
+                rows.join(", ")
+            );
+            if let Err(e) = conn.execute(&sql, &params).await {
+                result = Err(e.into());
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.events += records.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Events appended so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Commits the import; returns the number of events.
+    pub async fn commit(mut self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.take().ok_or(StoreError::Closed)?;
+        match conn.commit().await {
+            Ok(()) => Ok(self.events),
+            Err(e) => {
+                conn.close().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Rolls the import back: the store stays empty.
+    pub async fn abort(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.rollback().await.ok();
+            conn.close().await;
+        }
+    }
+}
+
+impl Drop for Import {
+    fn drop(&mut self) {
+        // Dropped mid-import: roll back rather than hand a connection inside a transaction
+        // (and, on PostgreSQL, holding the writers' lock) back to the pool.
+        if let Some(mut conn) = self.conn.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                conn.rollback().await.ok();
+                conn.close().await;
+            });
+        }
+    }
+}
+
 pub(crate) async fn read_events(
     conn: &mut Conn,
     after: i64,
@@ -131,6 +237,28 @@ pub(crate) async fn read_events(
             let event = Event::decode(&row.text(1)?)
                 .map_err(|source| StoreError::CorruptLog { seq, source })?;
             Ok((seq, event))
+        })
+        .collect()
+}
+
+async fn read_records(
+    conn: &mut Conn,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<(i64, LogRecord)>, StoreError> {
+    let rows = conn
+        .fetch_all(
+            "SELECT seq, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[after.into(), limit.into()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let seq = row.int(0)?;
+            let payload = row.text(1)?;
+            let event =
+                Event::decode(&payload).map_err(|source| StoreError::CorruptLog { seq, source })?;
+            Ok((seq, LogRecord { payload, event }))
         })
         .collect()
 }
@@ -317,10 +445,72 @@ impl Store {
 
     /// Empties the projections and replays the whole log into them; returns the event count.
     pub async fn rebuild(&self) -> Result<u64, StoreError> {
-        match self.write(Write::Rebuild).await? {
-            Written::Rebuilt { events } => Ok(events),
-            other => unreachable!("unexpected {other:?}"),
+        self.rebuild_with_progress(|_| {}).await
+    }
+
+    /// [`Store::rebuild`], calling `progress` a few times a second while it runs and once at
+    /// the end (then with `replayed == total`).
+    pub async fn rebuild_with_progress(
+        &self,
+        mut progress: impl FnMut(RebuildProgress),
+    ) -> Result<u64, StoreError> {
+        let counters = Arc::new(RebuildCounters::default());
+        let rebuilt = self.write(Write::Rebuild(counters.clone()));
+        tokio::pin!(rebuilt);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                written = &mut rebuilt => {
+                    let events = match written? {
+                        Written::Rebuilt { events } => events,
+                        other => unreachable!("unexpected {other:?}"),
+                    };
+                    progress(RebuildProgress { replayed: events, total: events });
+                    return Ok(events);
+                }
+                _ = tick.tick() => progress(RebuildProgress {
+                    replayed: counters.replayed.load(Ordering::Relaxed),
+                    total: counters.total.load(Ordering::Relaxed),
+                }),
+            }
         }
+    }
+
+    /// Starts an import into this store, which must be empty: no events and no projection
+    /// rows (`NotEmpty` otherwise). Holds the writers' lock until it commits or aborts.
+    pub async fn begin_import(&self) -> Result<Import, StoreError> {
+        let mut conn = self.read().await?;
+        conn.begin().await?;
+        let mut tables = vec!["events"];
+        tables.extend(schema::PROJECTION_TABLES);
+        for table in tables {
+            let sql = format!("SELECT 1 FROM {table} LIMIT 1");
+            let found = match conn.fetch_optional(&sql, &[]).await {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    conn.rollback().await.ok();
+                    conn.close().await;
+                    return Err(e.into());
+                }
+            };
+            if found {
+                conn.rollback().await.ok();
+                return Err(StoreError::NotEmpty { table });
+            }
+        }
+        Ok(Import {
+            conn: Some(conn),
+            events: 0,
+        })
+    }
+
+    /// Appends `records` to the empty log in one transaction (see [`Store::begin_import`]);
+    /// returns the number of events. Rebuild afterwards to fill the projections.
+    pub async fn import(&self, records: &[LogRecord]) -> Result<u64, StoreError> {
+        let mut import = self.begin_import().await?;
+        import.append(records).await?;
+        import.commit().await
     }
 
     /// Runs an operator's correction; the audit entry is recorded with its effects.
@@ -711,6 +901,50 @@ impl Store {
             Some(row) => Some(projection::submission_from_row(&row, 0)?),
             None => None,
         })
+    }
+
+    /// Up to `limit` events after log position `after_seq`, oldest first, with their
+    /// positions; payloads exactly as stored. Page with the last position returned.
+    pub async fn events_after(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, LogRecord)>, StoreError> {
+        read_records(&mut self.read().await?, after_seq, limit).await
+    }
+
+    /// Streams the whole log, read from one snapshot, to `sink` a page at a time (each event
+    /// decoded, so a log this build cannot read is refused here rather than at import).
+    /// Returns the number of events, or the sink's error (which stops the export).
+    pub async fn export_log<E>(
+        &self,
+        page: u32,
+        mut sink: impl FnMut(Vec<(i64, LogRecord)>) -> Result<(), E>,
+    ) -> Result<Result<u64, E>, StoreError> {
+        let mut conn = self.read().await?;
+        let begin = match conn.dialect() {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        conn.execute_script(begin).await?;
+        let result = async {
+            let mut after = 0;
+            let mut events = 0u64;
+            loop {
+                let records = read_records(&mut conn, after, page.max(1)).await?;
+                let Some((last, _)) = records.last() else {
+                    return Ok(Ok(events));
+                };
+                after = *last;
+                events += records.len() as u64;
+                if let Err(e) = sink(records) {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        .await;
+        conn.rollback().await.ok();
+        result
     }
 
     /// Every event in log order.

@@ -11,7 +11,7 @@ use confidant_core::{
     Stream, TrackingId,
 };
 
-use crate::db::{Conn, Value};
+use crate::db::{Conn, Dialect, Value};
 use crate::projection::{
     self, ADMIN_TOKEN_COLUMNS, CLAIM_COLUMNS, CODE_COLUMNS, CURSOR_COLUMNS, KEY_COLUMNS,
     PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
@@ -38,6 +38,34 @@ pub struct Overlay {
     pub claim_by_token: BTreeMap<Digest, ClaimId>,
     pub claim_by_server_key: BTreeMap<Key32, ClaimId>,
     pub claim_by_app_key: BTreeSet<Key32>,
+    /// How key rows are written.
+    pub key_writes: KeyWrites,
+    /// Insert in chunks of a power of two rows only, so that a long run of write-backs (a
+    /// rebuild) reuses a dozen prepared statements per table instead of preparing a large
+    /// one for every row count.
+    pub power_of_two_chunks: bool,
+}
+
+/// How [`Overlay::write_statements`] writes key rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyWrites {
+    /// `INSERT … ON CONFLICT (key_data) DO UPDATE`.
+    #[default]
+    Upsert,
+    /// Every key row written is new (a rebuild that only adds keys): a plain insert, whose
+    /// row count the caller checks. On SQLite `INSERT OR IGNORE`, which needs no statement
+    /// journal: an upsert of many rows first copies every page it touches, one page per
+    /// random key. On PostgreSQL a plain `INSERT`, for a table whose primary key is dropped.
+    Insert(Dialect),
+}
+
+/// A statement of a write-back, with its parameters.
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Value>,
+    /// For a plain insert of new rows ([`KeyWrites::Insert`]): how many rows it must insert.
+    /// Fewer means a row was already there.
+    pub inserts: Option<u64>,
 }
 
 /// What to load before deciding or replaying.
@@ -66,6 +94,42 @@ pub struct Wanted {
 }
 
 impl Wanted {
+    /// Whether nothing but providers, codes and claims is wanted (the rows
+    /// [`Overlay::take_known`] can hand over).
+    pub fn only_providers_codes_claims(&self) -> bool {
+        let Wanted {
+            providers: _,
+            provider_tokens,
+            codes: _,
+            claims: _,
+            claim_tokens,
+            claim_server_keys,
+            claim_app_keys,
+            submissions,
+            keys,
+            cursors,
+            admin_tokens,
+            admin_token_hashes,
+            submission_keys,
+            provider_submissions,
+            provider_codes,
+            withdrawals,
+        } = self;
+        provider_tokens.is_empty()
+            && claim_tokens.is_empty()
+            && claim_server_keys.is_empty()
+            && claim_app_keys.is_empty()
+            && submissions.is_empty()
+            && keys.is_empty()
+            && cursors.is_empty()
+            && admin_tokens.is_empty()
+            && admin_token_hashes.is_empty()
+            && submission_keys.is_empty()
+            && provider_submissions.is_none()
+            && provider_codes.is_empty()
+            && !withdrawals
+    }
+
     /// The rows replaying `event` reads.
     pub fn for_event(&mut self, event: &Event) {
         match event {
@@ -110,16 +174,19 @@ impl Wanted {
     }
 }
 
+/// `($1, $2), ($3, $4), …`: `rows` groups of `columns` numbered parameters.
 fn placeholders(rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cells: Vec<String> = (1..=columns)
-                .map(|c| format!("${}", r * columns + c))
-                .collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rows * columns * 8);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=columns {
+            let separator = if c == 1 { "" } else { ", " };
+            let _ = write!(out, "{separator}${}", r * columns + c);
+        }
+        out.push(')');
+    }
+    out
 }
 
 /// `SELECT … WHERE column IN (…)` over `values`, in chunks.
@@ -346,6 +413,52 @@ impl Overlay {
         }
     }
 
+    /// Moves the providers, codes and claims of `wanted` that this overlay decides (rows it
+    /// holds, or changed, deletions included) out of `wanted`, and returns them. While this
+    /// overlay's writes have not run, it, not the database, holds the truth about them: copy
+    /// them with [`Overlay::copy_rows`] instead of loading them.
+    pub fn take_known(&self, wanted: &mut Wanted) -> Wanted {
+        fn split<T: Ord + Copy>(from: &mut BTreeSet<T>, known: impl Fn(&T) -> bool) -> BTreeSet<T> {
+            let (taken, rest) = from.iter().partition(|item| known(item));
+            *from = rest;
+            taken
+        }
+        let s = &self.state;
+        Wanted {
+            providers: split(&mut wanted.providers, |p| {
+                s.providers.contains_key(p) || self.dirty_providers.contains(p)
+            }),
+            codes: split(&mut wanted.codes, |c| {
+                s.codes.contains_key(c) || self.dirty_codes.contains(c)
+            }),
+            claims: split(&mut wanted.claims, |c| {
+                s.claims.contains_key(c) || self.dirty_claims.contains(c)
+            }),
+            ..Wanted::default()
+        }
+    }
+
+    /// Copies the rows [`Overlay::take_known`] took into `into` (those still present).
+    pub fn copy_rows(&self, rows: &Wanted, into: &mut Overlay) {
+        for id in &rows.providers {
+            if let Some(provider) = self.state.providers.get(id) {
+                into.provider_by_token.insert(provider.token_hash, *id);
+                into.state.providers.insert(*id, provider.clone());
+            }
+        }
+        for hash in &rows.codes {
+            if let Some(code) = self.state.codes.get(hash) {
+                into.state.codes.insert(*hash, code.clone());
+            }
+        }
+        for id in &rows.claims {
+            if let Some(claim) = self.state.claims.get(id) {
+                into.index_claim(*id, &claim.credential);
+                into.state.claims.insert(*id, claim.clone());
+            }
+        }
+    }
+
     /// Folds an event in and remembers which rows it changed.
     pub fn apply(&mut self, event: &Event) {
         self.state.apply(event);
@@ -429,11 +542,22 @@ impl Overlay {
 
     /// Writes every changed row back, parents before children.
     pub async fn write_back(&self, conn: &mut Conn) -> Result<(), sqlx::Error> {
+        for statement in self.write_statements() {
+            conn.execute(&statement.sql, &statement.params).await?;
+        }
+        Ok(())
+    }
+
+    /// The statements [`Overlay::write_back`] runs, in order: building them is all CPU, so a
+    /// caller may build the next batch's while the database runs this one's.
+    pub fn write_statements(&self) -> Vec<Statement> {
+        let mut out = Vec::new();
         let s = &self.state;
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "providers",
-            "id",
+            Conflict::Update("id"),
             &["id", "name", "region", "token_hash", "suspended", "revoked"],
             self.dirty_providers.iter().filter_map(|id| {
                 s.providers.get(id).map(|p| {
@@ -447,12 +571,12 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "codes",
-            "code_hash",
+            Conflict::Update("code_hash"),
             &["code_hash", "provider", "format", "expires_at", "redeemed"],
             self.dirty_codes.iter().filter_map(|h| {
                 s.codes.get(h).map(|c| {
@@ -465,12 +589,12 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "claims",
-            "id",
+            Conflict::Update("id"),
             &[
                 "id",
                 "provider",
@@ -502,12 +626,12 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "submissions",
-            "id",
+            Conflict::Update("id"),
             &[
                 "id",
                 "claim",
@@ -534,12 +658,16 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "keys",
-            "key_data",
+            match self.key_writes {
+                KeyWrites::Upsert => Conflict::Update("key_data"),
+                KeyWrites::Insert(Dialect::Sqlite) => Conflict::Ignore,
+                KeyWrites::Insert(Dialect::Postgres) => Conflict::None,
+            },
             &[
                 "key_data",
                 "rolling_start",
@@ -564,12 +692,12 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "cursors",
-            "region, stream",
+            Conflict::Update("region, stream"),
             &[
                 "region",
                 "stream",
@@ -592,12 +720,12 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "files",
-            "path",
+            Conflict::Update("path"),
             &[
                 "path", "region", "stream", "start_ts", "end_ts", "seq", "sha256", "bytes",
             ],
@@ -615,12 +743,12 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         upsert(
-            conn,
+            &mut out,
+            self.power_of_two_chunks,
             "admin_tokens",
-            "id",
+            Conflict::Update("id"),
             &["id", "token_hash", "scope", "label", "revoked"],
             self.dirty_admin_tokens.iter().filter_map(|id| {
                 s.admin_tokens.get(id).map(|t| {
@@ -633,17 +761,16 @@ impl Overlay {
                     ]
                 })
             }),
-        )
-        .await?;
+        );
         if self.dirty_withdrawals {
             upsert(
-                conn,
+                &mut out,
+                self.power_of_two_chunks,
                 "counters",
-                "name",
+                Conflict::Update("name"),
                 &["name", "value"],
                 std::iter::once(vec!["withdrawals".into(), s.withdrawals.into()]),
-            )
-            .await?;
+            );
         }
         // Invalidated codes: dirty, and gone from the state.
         let gone: Vec<Value> = self
@@ -655,37 +782,75 @@ impl Overlay {
         for chunk in gone.chunks(MAX_PARAMS) {
             let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!("DELETE FROM codes WHERE code_hash IN ({})", list.join(", "));
-            conn.execute(&sql, chunk).await?;
+            out.push(Statement {
+                sql,
+                params: chunk.to_vec(),
+                inserts: None,
+            });
         }
-        Ok(())
+        out
     }
 }
 
-/// Multi-row `INSERT … ON CONFLICT (key) DO UPDATE`, in chunks.
-async fn upsert(
-    conn: &mut Conn,
+/// What an insert does with a row whose key is already there.
+enum Conflict<'a> {
+    /// `ON CONFLICT (key) DO UPDATE` every other column: an upsert.
+    Update(&'a str),
+    /// `INSERT OR IGNORE` (SQLite); the caller checks the row count.
+    Ignore,
+    /// A plain `INSERT`, into a table without a unique key (PostgreSQL).
+    None,
+}
+
+/// Multi-row inserts of `rows`, in chunks, appended to `out`.
+fn upsert(
+    out: &mut Vec<Statement>,
+    power_of_two_chunks: bool,
     table: &str,
-    key: &str,
+    conflict: Conflict<'_>,
     columns: &[&str],
     rows: impl Iterator<Item = Vec<Value>>,
-) -> Result<(), sqlx::Error> {
+) {
     let rows: Vec<Vec<Value>> = rows.collect();
-    let updates: Vec<String> = columns
-        .iter()
-        .filter(|c| **c != key)
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect();
-    for chunk in rows.chunks((MAX_PARAMS / columns.len()).max(1)) {
+    let (verb, clause) = match conflict {
+        Conflict::Update(key) => {
+            let updates: Vec<String> = columns
+                .iter()
+                .filter(|c| **c != key)
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            let clause = format!(" ON CONFLICT ({key}) DO UPDATE SET {}", updates.join(", "));
+            ("INSERT", clause)
+        }
+        Conflict::Ignore => ("INSERT OR IGNORE", String::new()),
+        Conflict::None => ("INSERT", String::new()),
+    };
+    let counted = !clause.starts_with(" ON CONFLICT");
+    let most = (MAX_PARAMS / columns.len()).max(1);
+    let mut chunks = Vec::new();
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        let size = match power_of_two_chunks {
+            // The largest power of two that fits: 2048, 1024, …, 1.
+            true => 1 << (rest.len().min(most).ilog2()),
+            false => rest.len().min(most),
+        };
+        let (chunk, after) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = after;
+    }
+    for chunk in chunks {
         let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({key}) DO UPDATE SET {}",
+            "{verb} INTO {table} ({}) VALUES {}{clause}",
             columns.join(", "),
             placeholders(chunk.len(), columns.len()),
-            updates.join(", ")
         );
-        let params: Vec<Value> = chunk.iter().flatten().cloned().collect();
-        conn.execute(&sql, &params).await?;
+        out.push(Statement {
+            sql,
+            params: chunk.concat(),
+            inserts: counted.then_some(chunk.len() as u64),
+        });
     }
-    Ok(())
 }
 
 /// Appends events in order, in chunks.
@@ -697,17 +862,20 @@ pub async fn append_events(conn: &mut Conn, events: &[Event]) -> Result<(), sqlx
         );
         let params: Vec<Value> = chunk
             .iter()
-            .flat_map(|e| {
-                // Admin actions are listed on their own: the audit trail.
-                let kind = matches!(e, Event::AdminAction { .. }).then(|| e.kind().to_owned());
-                [
-                    Value::Text(e.encode()),
-                    e.key_material_hour().into(),
-                    kind.into(),
-                ]
-            })
+            .flat_map(|e| event_row(e.encode(), e))
             .collect();
         conn.execute(&sql, &params).await?;
     }
     Ok(())
+}
+
+/// The `events` columns `payload, key_hour, kind` of an event stored as `payload`.
+pub fn event_row(payload: String, event: &Event) -> [Value; 3] {
+    // Admin actions are listed on their own: the audit trail.
+    let kind = matches!(event, Event::AdminAction { .. }).then(|| event.kind().to_owned());
+    [
+        Value::Text(payload),
+        event.key_material_hour().into(),
+        kind.into(),
+    ]
 }

@@ -13,12 +13,16 @@ use confidant_core::{
     ClaimId, CodeFormat, CodePolicy, Credential, Digest, DomainError, Event, Key32, ProviderId,
     Region, SubmissionOutcome, TrackingId, UnixSeconds, rules,
 };
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
 use crate::db::{Conn, Dialect, Pool};
-use crate::overlay::{Overlay, Wanted, append_events};
+use crate::overlay::{KeyWrites, Overlay, Statement, Wanted, append_events};
 use crate::projection;
+use crate::schema::PROJECTION_TABLES;
 
 /// How an upload finds its claim.
 #[derive(Clone, Debug)]
@@ -64,7 +68,8 @@ pub(crate) enum Write {
         tracking_id: TrackingId,
         now: UnixSeconds,
     },
-    Rebuild,
+    /// Replays the log into fresh projections, counting progress as it goes.
+    Rebuild(Arc<RebuildCounters>),
     /// An operator's correction, audited.
     Correct {
         command: Command,
@@ -85,7 +90,7 @@ pub(crate) enum Write {
 impl Write {
     /// Rebuild and retention rewrite many rows with SQL of their own: they run alone.
     fn runs_alone(&self) -> bool {
-        matches!(self, Write::Rebuild | Write::Retention { .. })
+        matches!(self, Write::Rebuild(_) | Write::Retention { .. })
     }
 }
 
@@ -169,7 +174,9 @@ pub(crate) async fn run(pool: Pool, mut jobs: mpsc::Receiver<Job>, max_batch: us
         }
         let connection = conn.as_mut().expect("acquired above");
         let outcome = match &batch[0].write {
-            Write::Rebuild => rebuild(connection).await.map(|w| vec![Ok(w)]),
+            Write::Rebuild(counters) => rebuild(&pool, connection, counters)
+                .await
+                .map(|w| vec![Ok(w)]),
             Write::Retention {
                 event,
                 purge_key_events_before_hour,
@@ -252,7 +259,7 @@ impl Write {
                 wanted.cursors.insert((region.clone(), *stream));
             }
             Write::Correct { command, .. } => command_wants(command, wanted),
-            Write::Publish(_) | Write::Rebuild | Write::Retention { .. } => {}
+            Write::Publish(_) | Write::Rebuild(_) | Write::Retention { .. } => {}
         }
     }
 }
@@ -522,47 +529,427 @@ fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), Sto
             let (outcome, events) = corrections::decide(state, command, *actor, *now, reason)?;
             Ok((Written::Corrected(outcome), events))
         }
-        Write::Rebuild | Write::Retention { .. } => unreachable!("runs alone"),
+        Write::Rebuild(_) | Write::Retention { .. } => unreachable!("runs alone"),
     }
 }
 
-/// Empties the projections and replays the log into them, one page of events at a time.
-async fn rebuild(conn: &mut Conn) -> Result<Written, sqlx::Error> {
-    conn.begin().await?;
-    if conn.dialect() == Dialect::Postgres {
-        conn.execute_script("LOCK TABLE events IN EXCLUSIVE MODE")
-            .await?;
+/// How far a rebuild has come; the caller that asked for it reads these while it runs.
+#[derive(Debug, Default)]
+pub(crate) struct RebuildCounters {
+    pub replayed: AtomicU64,
+    /// The span of sequence numbers in the log when the rebuild started: the event count, or
+    /// an upper bound of it when retention purged some.
+    pub total: AtomicU64,
+}
+
+/// Events read from the log per page. A page of submissions is about 30 MB of JSON.
+const REBUILD_PAGE: u32 = 10_000;
+/// SQLite's page cache during a rebuild, in KiB (normally 2 MiB). The indexes of the growing
+/// tables take random inserts; once they outgrow the cache, pages spill to the WAL mid-
+/// transaction and are written again and again. Memory stays bounded by this figure.
+const REBUILD_SQLITE_CACHE_KIB: u64 = 512 * 1024;
+/// Tables whose secondary indexes are dropped while the log is replayed and built again at
+/// the end: one sort per index instead of millions of random inserts. Their primary and
+/// unique keys stay (upserts need them).
+const REINDEXED_TABLES: [&str; 3] = ["keys", "submissions", "codes"];
+
+/// Empties the projections and replays the log into them, a page of events at a time, in one
+/// transaction: a failed rebuild leaves the old projections as they were.
+///
+/// Pages are read and decoded on another connection and thread while the previous page is
+/// written. Rows created earlier in a page are not loaded from the database; secondary indexes
+/// of the large tables are dropped during the replay and built at the end (the one replay
+/// itself reads, keys by submission, is built as soon as a withdrawal needs it).
+async fn rebuild(
+    pool: &Pool,
+    conn: &mut Conn,
+    counters: &RebuildCounters,
+) -> Result<Written, sqlx::Error> {
+    let fast = match rebuild_once(pool, conn, counters, true).await {
+        Err(RebuildError::KeyWrittenTwice) => None,
+        Err(RebuildError::Sql(sqlx::Error::Database(e))) if e.is_unique_violation() => None,
+        other => Some(other),
+    };
+    let result = match fast {
+        Some(result) => result,
+        // A key was written twice with no retention between: not a log the rules write, but
+        // `apply` allows it. Replay it again with upserts and the primary key in place.
+        None => {
+            conn.rollback().await?;
+            counters.replayed.store(0, Ordering::Relaxed);
+            rebuild_once(pool, conn, counters, false).await
+        }
+    };
+    match result {
+        Ok(written) => Ok(written),
+        Err(RebuildError::Sql(e)) => Err(e),
+        Err(RebuildError::KeyWrittenTwice) => Err(sqlx::Error::Protocol(
+            "a key row was inserted twice during a careful rebuild".into(),
+        )),
     }
-    projection::clear(conn).await?;
-    let mut replayed = 0;
-    let mut after = 0i64;
-    loop {
-        let page = crate::read_events(conn, after, 5000)
-            .await
-            .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
-        let Some((last, _)) = page.last() else { break };
-        after = *last;
-        let events: Vec<Event> = page.into_iter().map(|(_, e)| e).collect();
-        // Retention deletes with SQL: the rows before it must be written first.
-        for segment in events.split_inclusive(|e| matches!(e, Event::RetentionApplied { .. })) {
-            let mut wanted = Wanted::default();
-            for event in segment {
-                wanted.for_event(event);
-            }
-            let mut overlay = Overlay::load(conn, wanted).await?;
-            for event in segment {
-                overlay.apply(event);
-                replayed += 1;
-            }
-            overlay.write_back(conn).await?;
-            if let Some(last @ Event::RetentionApplied { .. }) = segment.last() {
-                projection::apply_retention(conn, last).await?;
-            }
+}
+
+/// Why a rebuild attempt stopped.
+enum RebuildError {
+    Sql(sqlx::Error),
+    /// An insert of key rows that should all be new found one already there.
+    KeyWrittenTwice,
+}
+
+impl From<sqlx::Error> for RebuildError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Sql(error)
+    }
+}
+
+/// One attempt at [`rebuild`]. When `fast`, key rows are inserted as new rows (no upsert)
+/// while the replay only adds keys, until the first withdrawal; on PostgreSQL the keys table's
+/// primary key is dropped meanwhile and built again afterwards: with it in place, each of
+/// millions of random keys is an insert into a random page of an index much larger than the
+/// server's buffers.
+async fn rebuild_once(
+    pool: &Pool,
+    conn: &mut Conn,
+    counters: &RebuildCounters,
+    fast: bool,
+) -> Result<Written, RebuildError> {
+    conn.begin().await?;
+    let mut restore_cache = None;
+    match conn.dialect() {
+        Dialect::Postgres => {
+            conn.execute_script("LOCK TABLE events IN EXCLUSIVE MODE")
+                .await?;
+            // TRUNCATE, unlike DELETE, leaves no dead rows and bloated indexes behind.
+            conn.execute_script(&format!("TRUNCATE {}", PROJECTION_TABLES.join(", ")))
+                .await?;
+            // Index builds sort in memory up to this (server memory, for this transaction).
+            conn.execute_script("SET LOCAL maintenance_work_mem = '256MB'")
+                .await?;
+        }
+        Dialect::Sqlite => {
+            restore_cache = conn
+                .fetch_optional("PRAGMA cache_size", &[])
+                .await?
+                .map(|row| row.int(0))
+                .transpose()?;
+            conn.execute_script(&format!("PRAGMA cache_size = -{REBUILD_SQLITE_CACHE_KIB}"))
+                .await?;
+            projection::clear(conn).await?;
         }
     }
+    let replayed = replay_log(pool, conn, counters, fast).await?;
     conn.commit().await?;
+    if let Some(pages) = restore_cache {
+        conn.execute_script(&format!("PRAGMA cache_size = {pages}"))
+            .await?;
+    }
     Ok(Written::Rebuilt { events: replayed })
 }
+
+async fn replay_log(
+    pool: &Pool,
+    conn: &mut Conn,
+    counters: &RebuildCounters,
+    fast: bool,
+) -> Result<u64, RebuildError> {
+    let bounds = conn
+        .fetch_optional("SELECT MIN(seq), MAX(seq) FROM events", &[])
+        .await?;
+    let (first, last) = match bounds {
+        Some(row) => (row.opt_int(0)?, row.opt_int(1)?),
+        None => (None, None),
+    };
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(0);
+    };
+    counters
+        .total
+        .store((last - first + 1) as u64, Ordering::Relaxed);
+    let mut dropped = drop_secondary_indexes(conn).await?;
+    let dialect = conn.dialect();
+    let mut insert_keys = fast;
+    let mut primary_key = match dialect {
+        Dialect::Postgres if fast => drop_primary_key(conn, "keys").await?,
+        _ => None,
+    };
+    let mut pages = read_pages(pool.acquire().await?, last);
+    let mut replayed = 0u64;
+    // The previous segment's overlay and the statements that write it, not yet run: they run
+    // while the next segment is applied on a blocking thread.
+    let mut pending: Option<(Overlay, Vec<Statement>)> = None;
+    loop {
+        let Some(page) = pages.recv().await else {
+            break;
+        };
+        let events = page
+            .await
+            .map_err(|e| sqlx::Error::Decode(format!("decoding the log failed: {e}").into()))??;
+        for segment in segments(events) {
+            let retention = segment
+                .last()
+                .filter(|e| matches!(e, Event::RetentionApplied { .. }))
+                .cloned();
+            let mut wanted = wanted_for_segment(&segment);
+            // Withdrawals read keys by submission: that index is needed from here on.
+            let (needed, rest): (Vec<_>, Vec<_>) =
+                dropped.into_iter().partition(|(table, _, sql)| {
+                    !wanted.submission_keys.is_empty()
+                        && table == "keys"
+                        && sql.contains("(submission")
+                });
+            dropped = rest;
+            // Withdrawals change keys already stored: from the first on, keys are upserted
+            // (and need their primary key back).
+            let restore_key =
+                insert_keys && !(wanted.keys.is_empty() && wanted.submission_keys.is_empty());
+            // Rows the previous segment holds come from its overlay. Anything else it may
+            // have changed is written before it is read.
+            let mut carried = None;
+            if let Some((previous, statements)) = pending.take() {
+                if wanted.only_providers_codes_claims() && needed.is_empty() && !restore_key {
+                    let known = previous.take_known(&mut wanted);
+                    carried = Some((previous, known, statements));
+                } else {
+                    run_statements(conn, statements).await?;
+                }
+            }
+            if restore_key {
+                insert_keys = false;
+                add_primary_key(conn, "keys", primary_key.take()).await?;
+            }
+            create_indexes(conn, needed).await?;
+            let mut overlay = Overlay::load(conn, wanted).await?;
+            overlay.power_of_two_chunks = true;
+            if insert_keys {
+                overlay.key_writes = KeyWrites::Insert(dialect);
+            }
+            let behind = carried.map(|(previous, known, statements)| {
+                previous.copy_rows(&known, &mut overlay);
+                statements
+            });
+            let count = segment.len() as u64;
+            let applying = tokio::task::spawn_blocking(move || {
+                for event in &segment {
+                    overlay.apply(event);
+                }
+                let statements = overlay.write_statements();
+                (overlay, statements)
+            });
+            if let Some(statements) = behind {
+                run_statements(conn, statements).await?;
+            }
+            let (overlay, statements) = applying
+                .await
+                .map_err(|e| sqlx::Error::Decode(format!("replaying failed: {e}").into()))?;
+            match retention {
+                // Retention deletes with SQL: the rows before it must be written first.
+                Some(event) => {
+                    run_statements(conn, statements).await?;
+                    projection::apply_retention(conn, &event).await?;
+                }
+                None => pending = Some((overlay, statements)),
+            }
+            replayed += count;
+            counters.replayed.store(replayed, Ordering::Relaxed);
+        }
+    }
+    if let Some((_, statements)) = pending {
+        run_statements(conn, statements).await?;
+    }
+    add_primary_key(conn, "keys", primary_key).await?;
+    create_indexes(conn, dropped).await?;
+    Ok(replayed)
+}
+
+async fn run_statements(conn: &mut Conn, statements: Vec<Statement>) -> Result<(), RebuildError> {
+    for statement in statements {
+        let rows = conn.execute(&statement.sql, &statement.params).await?;
+        if statement.inserts.is_some_and(|inserts| inserts != rows) {
+            return Err(RebuildError::KeyWrittenTwice);
+        }
+    }
+    Ok(())
+}
+
+/// A page cut after each `RetentionApplied`: retention deletes with SQL of its own, so the
+/// rows before it are written first.
+fn segments(events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut segments = Vec::new();
+    let mut current = Vec::new();
+    for event in events {
+        let cut = matches!(event, Event::RetentionApplied { .. });
+        current.push(event);
+        if cut {
+            segments.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        segments.push(current);
+    }
+    segments
+}
+
+/// The rows replaying `segment` reads, less those it creates itself. A row that an event of
+/// the segment inserts whole (`State::apply` replaces it) ends as the segment leaves it,
+/// whatever the database held before, and the events that read such a row change nothing
+/// but that row; so it need not be loaded. In a log of submissions, a code is issued,
+/// redeemed and its claim used within a few events: most pages then load nothing.
+fn wanted_for_segment(segment: &[Event]) -> Wanted {
+    let mut wanted = Wanted::default();
+    let mut created = Wanted::default();
+    for event in segment {
+        wanted.for_event(event);
+        match event {
+            Event::ProviderRegistered { provider, .. } => {
+                created.providers.insert(*provider);
+            }
+            Event::CodeIssued { code_hash, .. } => {
+                created.codes.insert(*code_hash);
+            }
+            Event::CodeRedeemed { claim, .. } => {
+                created.claims.insert(*claim);
+            }
+            _ => {}
+        }
+    }
+    wanted.providers.retain(|p| !created.providers.contains(p));
+    wanted.codes.retain(|c| !created.codes.contains(c));
+    wanted.claims.retain(|c| !created.claims.contains(c));
+    wanted
+}
+
+/// A page of decoded events, decoded on a blocking thread.
+type Page = tokio::task::JoinHandle<Result<Vec<Event>, sqlx::Error>>;
+
+/// Reads the log up to `last` on its own connection, a page at a time, and decodes each page
+/// on a blocking thread while the next one is read. Pages arrive in order; the reader stops
+/// when the receiver is dropped.
+fn read_pages(mut reader: Conn, last: i64) -> mpsc::Receiver<Page> {
+    let (pages, receiver) = mpsc::channel::<Page>(2);
+    tokio::spawn(async move {
+        let mut after = 0i64;
+        while after < last {
+            let rows = reader
+                .fetch_all(
+                    "SELECT seq, payload FROM events WHERE seq > $1 AND seq <= $2 \
+                     ORDER BY seq LIMIT $3",
+                    &[after.into(), last.into(), REBUILD_PAGE.into()],
+                )
+                .await;
+            let rows: Result<Vec<(i64, String)>, sqlx::Error> = rows.and_then(|rows| {
+                rows.iter()
+                    .map(|row| Ok((row.int(0)?, row.text(1)?)))
+                    .collect()
+            });
+            let failed = rows.is_err();
+            if let Ok(rows) = &rows {
+                match rows.last() {
+                    Some((seq, _)) => after = *seq,
+                    None => break,
+                }
+            }
+            let decoding = tokio::task::spawn_blocking(move || {
+                rows?
+                    .into_iter()
+                    .map(|(seq, payload)| {
+                        Event::decode(&payload).map_err(|source| {
+                            sqlx::Error::Decode(
+                                StoreError::CorruptLog { seq, source }.to_string().into(),
+                            )
+                        })
+                    })
+                    .collect()
+            });
+            if pages.send(decoding).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// The secondary indexes of [`REINDEXED_TABLES`], dropped: (table, name, statement that
+/// creates it again). Read from the catalog, so indexes added by later migrations are kept.
+async fn drop_secondary_indexes(
+    conn: &mut Conn,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let tables = REINDEXED_TABLES.map(|t| format!("'{t}'")).join(", ");
+    let sql = match conn.dialect() {
+        // Indexes behind PRIMARY KEY and UNIQUE have no SQL of their own.
+        Dialect::Sqlite => format!(
+            "SELECT tbl_name, name, sql FROM sqlite_master \
+             WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN ({tables}) ORDER BY name"
+        ),
+        Dialect::Postgres => format!(
+            "SELECT t.relname::text, c.relname::text, pg_get_indexdef(i.indexrelid) \
+             FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_class t ON t.oid = i.indrelid \
+             WHERE t.relname IN ({tables}) AND t.relnamespace = current_schema()::regnamespace \
+             AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) \
+             ORDER BY c.relname"
+        ),
+    };
+    let mut indexes = Vec::new();
+    for row in conn.fetch_all(&sql, &[]).await? {
+        indexes.push((row.text(0)?, row.text(1)?, row.text(2)?));
+    }
+    for (_, name, _) in &indexes {
+        conn.execute_script(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))
+            .await?;
+    }
+    Ok(indexes)
+}
+
+/// Drops `table`'s primary key; returns its name and definition, to add it back.
+async fn drop_primary_key(
+    conn: &mut Conn,
+    table: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let Some(row) = conn
+        .fetch_optional(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1::text::regclass AND contype = 'p'",
+            &[table.into()],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (name, definition) = (row.text(0)?, row.text(1)?);
+    conn.execute_script(&format!(
+        "ALTER TABLE {table} DROP CONSTRAINT \"{}\"",
+        name.replace('"', "\"\"")
+    ))
+    .await?;
+    Ok(Some((name, definition)))
+}
+
+async fn add_primary_key(
+    conn: &mut Conn,
+    table: &str,
+    key: Option<(String, String)>,
+) -> Result<(), sqlx::Error> {
+    if let Some((name, definition)) = key {
+        conn.execute_script(&format!(
+            "ALTER TABLE {table} ADD CONSTRAINT \"{}\" {definition}",
+            name.replace('"', "\"\"")
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+async fn create_indexes(
+    conn: &mut Conn,
+    indexes: Vec<(String, String, String)>,
+) -> Result<(), sqlx::Error> {
+    for (_, _, sql) in indexes {
+        conn.execute_script(&sql).await?;
+    }
+    Ok(())
+}
+
 
 /// Appends the retention event, deletes what it forgets, and purges old key material from the
 /// log, in one transaction.
@@ -624,4 +1011,96 @@ async fn retention(
         .await?;
     conn.commit().await?;
     Ok(Written::Retained(report))
+}
+
+#[cfg(test)]
+mod rebuild_tests {
+    use confidant_core::corrections::{Actor, Command};
+    use confidant_core::state::StoredKey;
+    use confidant_core::{
+        ClaimId, CodeFormat, CodePolicy, Credential, Digest, KeyData, ProviderId, Region,
+        TrackingId,
+    };
+
+    use crate::testing::TestDatabase;
+    use crate::{Dialect, Store, StoreOptions};
+
+    /// The secondary indexes of the reindexed tables, by name, with their definitions.
+    async fn indexes(store: &Store) -> Vec<(String, String, String)> {
+        let mut conn = store.inner.pool.acquire().await.expect("connection");
+        conn.begin().await.expect("begin");
+        let found = super::drop_secondary_indexes(&mut conn)
+            .await
+            .expect("list");
+        conn.rollback().await.expect("rollback");
+        found
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rebuild_restores_the_indexes_it_drops() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let db = TestDatabase::create(dialect).await;
+            let store = Store::open(db.url(), StoreOptions::default())
+                .await
+                .expect("opens");
+            // A withdrawal makes the rebuild build the keys-by-submission index early.
+            let now = 1_800_000_000;
+            store
+                .register_provider(
+                    ProviderId([1; 8]),
+                    "Lab".into(),
+                    Region::try_from("DE".to_owned()).expect("region"),
+                    Digest([2; 32]),
+                )
+                .await
+                .expect("register");
+            let policy = CodePolicy::default();
+            store
+                .issue_code(
+                    Digest([2; 32]),
+                    CodeFormat::Long,
+                    None,
+                    policy,
+                    Digest([3; 32]),
+                    now,
+                )
+                .await
+                .expect("issue");
+            let credential = Credential::UploadToken {
+                token_hash: Digest([4; 32]),
+            };
+            store
+                .redeem_code(Digest([3; 32]), ClaimId([5; 16]), credential, now)
+                .await
+                .expect("redeem");
+            let key = StoredKey {
+                key_data: KeyData([6; 16]),
+                rolling_start: (now / 600) as u32 / 144 * 144,
+                rolling_period: 144,
+                transmission_risk: 3,
+            };
+            let lookup = super::ClaimLookup::Token(Digest([4; 32]));
+            store
+                .submit(lookup, vec![key], TrackingId([7; 16]), now)
+                .await
+                .expect("submit");
+            let withdraw = Command::WithdrawSubmission(TrackingId([7; 16]));
+            store
+                .correct(withdraw, Actor::Console, now, "test".into())
+                .await
+                .expect("withdraw");
+            let before = indexes(&store).await;
+            let names: Vec<&str> = before.iter().map(|(_, name, _)| name.as_str()).collect();
+            assert!(
+                names.contains(&"keys_by_submission") && names.contains(&"keys_by_region_hour"),
+                "{dialect:?}: {names:?}"
+            );
+            let digest = store.state_digest().await.expect("digest");
+            assert_eq!(store.rebuild().await.expect("rebuild"), 6);
+            assert_eq!(indexes(&store).await, before, "{dialect:?}");
+            assert_eq!(store.state_digest().await.expect("digest"), digest);
+            store.close().await;
+            db.finish().await;
+        }
+    }
 }

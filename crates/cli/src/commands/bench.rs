@@ -40,6 +40,10 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Publish { keys } => {
             super::runtime()?.block_on(super::bench_publish::run(keys))
         }
+        BenchCommand::Rebuild {
+            submissions,
+            database_url,
+        } => super::runtime()?.block_on(super::bench_rebuild::run(submissions, database_url)),
         BenchCommand::Submit {
             clients,
             submissions,

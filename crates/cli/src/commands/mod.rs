@@ -3,10 +3,12 @@
 mod admin;
 mod bench;
 mod bench_publish;
+mod bench_rebuild;
 mod bench_submit;
 mod export;
 mod feed;
 mod keys;
+mod log;
 mod matching;
 mod serve;
 
@@ -22,9 +24,10 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Provider(command) => admin::provider(command),
+        Command::Admin(args) => admin::run(args),
         Command::Rebuild(args) => admin::rebuild(args),
         Command::Check(args) => admin::check(args),
+        Command::Log(command) => log::run(command),
         Command::Export(command) => export::run(command),
         Command::Feed(command) => feed::run(command),
         Command::Keys(command) => keys::run(command),

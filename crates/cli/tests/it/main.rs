@@ -1,9 +1,11 @@
 //! Integration tests for the `confidant` binary: real files on disk, real processes.
 
+mod admin;
 mod errors;
 mod export;
 mod feed;
 mod keys;
+mod log;
 mod matching;
 mod serve;
 

@@ -1,4 +1,4 @@
-//! `confidant serve` as an operator runs it, with the provider commands beside it, on SQLite and
+//! `confidant serve` as an operator runs it, with the admin commands beside it, on SQLite and
 //! PostgreSQL.
 
 use std::io::{BufRead, BufReader};
@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 
 use crate::{confidant, fails, ok, path_str, run_match};
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 /// Starts `confidant serve` on a free port and waits for its "serving" log line.
-fn serve(data_dir: &Path, database_url: Option<&str>) -> Server {
+pub(crate) fn serve(data_dir: &Path, database_url: Option<&str>) -> Server {
     serve_with(data_dir, database_url, &[])
 }
 
@@ -67,7 +67,7 @@ fn serve_with(data_dir: &Path, database_url: Option<&str>, extra: &[&str]) -> Se
 }
 
 impl Server {
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         // SAFETY: sending SIGTERM to our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().expect("serve exits");
@@ -75,12 +75,53 @@ impl Server {
     }
 }
 
-fn store_args<'a>(data_dir: &'a Path, database_url: Option<&'a str>) -> Vec<&'a str> {
+pub(crate) fn store_args<'a>(data_dir: &'a Path, database_url: Option<&'a str>) -> Vec<&'a str> {
     let mut args = vec!["--data-dir", path_str(data_dir)];
     if let Some(url) = database_url {
         args.extend(["--database-url", url]);
     }
     args
+}
+
+/// The value after `name` on a line of `printed`.
+pub(crate) fn field(printed: &str, name: &str) -> String {
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} in {printed}"))
+}
+
+/// `confidant admin token create` on the server's database: the token's secret.
+pub(crate) fn bootstrap_token(data_dir: &Path, database_url: Option<&str>, scope: &str) -> String {
+    let mut create = vec![
+        "admin", "token", "create", "--scope", scope, "--label", "ops",
+    ];
+    create.extend(store_args(data_dir, database_url));
+    field(&ok(confidant(&create)), "token:")
+}
+
+/// `confidant admin …` against `server` with `token`.
+pub(crate) fn admin(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["admin"];
+    all.extend_from_slice(args);
+    all.extend(["--url", server.base.as_str(), "--token", token]);
+    confidant(&all)
+}
+
+/// `confidant admin provider add`: the provider's id and API token.
+fn add_provider(server: &Server, token: &str, name: &str, region: &str) -> (String, String) {
+    let printed = ok(admin(
+        server,
+        token,
+        &[
+            "provider", "add", "--name", name, "--region", region, "--reason", "new lab",
+        ],
+    ));
+    (
+        field(&printed, "provider id:"),
+        field(&printed, "api token:"),
+    )
 }
 
 async fn issue_code(http: &reqwest::Client, server: &Server, token: &str) -> reqwest::StatusCode {
@@ -104,37 +145,25 @@ async fn operator_workflow_against_a_running_server() {
         let http = reqwest::Client::new();
 
         // Registered while the server runs, usable at once.
-        let mut add = vec![
-            "provider",
-            "add",
-            "--name",
-            "St. Mary's Lab",
-            "--region",
-            "DE",
-        ];
-        add.extend(store_args(data.path(), url));
-        let printed = ok(confidant(&add));
-        let field = |name: &str| {
-            printed
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-                .expect(name)
-        };
-        let (id, token) = (field("provider id:"), field("api token:"));
+        let admin_token = bootstrap_token(data.path(), url, "admin");
+        let (id, token) = add_provider(&server, &admin_token, "St. Mary's Lab", "DE");
         assert_eq!(issue_code(&http, &server, &token).await, 201, "{dialect:?}");
 
-        let mut suspend = vec!["provider", "suspend", id.as_str()];
-        suspend.extend(store_args(data.path(), url));
-        assert!(ok(confidant(&suspend)).contains("is now suspended"));
+        let suspend = ["provider", "suspend", id.as_str(), "--reason", "review"];
+        assert!(ok(admin(&server, &admin_token, &suspend)).contains("is now suspended"));
         assert_eq!(
             issue_code(&http, &server, &token).await,
             403,
             "suspension is seen at once"
         );
-        let mut reinstate = vec!["provider", "reinstate", id.as_str()];
-        reinstate.extend(store_args(data.path(), url));
-        ok(confidant(&reinstate));
+        let reinstate = [
+            "provider",
+            "reinstate",
+            id.as_str(),
+            "--reason",
+            "review over",
+        ];
+        assert!(ok(admin(&server, &admin_token, &reinstate)).contains("is now active"));
 
         let code: Value = http
             .post(format!("{}/v1/codes", server.base))
@@ -174,16 +203,14 @@ async fn operator_workflow_against_a_running_server() {
         // Everything acknowledged is there after a restart; rebuild and check agree.
         let restarted = serve(data.path(), url);
         assert_eq!(issue_code(&http, &restarted, &token).await, 201);
-        restarted.stop();
-        let mut list = vec!["provider", "list"];
-        list.extend(store_args(data.path(), url));
-        let listing = ok(confidant(&list));
+        let listing = ok(admin(&restarted, &admin_token, &["provider", "list"]));
         assert!(
             listing.contains(&id)
                 && listing.contains("active")
                 && listing.contains("St. Mary's Lab"),
             "{listing}"
         );
+        restarted.stop();
         let mut rebuild = vec!["rebuild"];
         rebuild.extend(store_args(data.path(), url));
         assert!(ok(confidant(&rebuild)).contains("replayed"));
@@ -220,44 +247,15 @@ fn configuration_errors_are_explained() {
 
     std::fs::write(data.path().join("secret.key"), "abcd\n").expect("secret");
     let err = fails(confidant(&[
-        "provider",
-        "list",
+        "admin",
+        "token",
+        "create",
+        "--scope",
+        "admin",
         "--data-dir",
         path_str(data.path()),
     ]));
     assert!(err.contains("the secret must be at least 32"), "{err}");
-
-    let fresh = tempfile::tempdir().expect("tempdir");
-    let err = fails(confidant(&[
-        "provider",
-        "add",
-        "--name",
-        "X",
-        "--region",
-        "D E",
-        "--data-dir",
-        path_str(fresh.path()),
-    ]));
-    assert!(err.contains("a region is 1 to 16 letters"), "{err}");
-    let err = fails(confidant(&[
-        "provider",
-        "suspend",
-        "xyz",
-        "--data-dir",
-        path_str(fresh.path()),
-    ]));
-    assert!(
-        err.contains("a provider id is 16 hexadecimal characters"),
-        "{err}"
-    );
-    let err = fails(confidant(&[
-        "provider",
-        "suspend",
-        "0011223344556677",
-        "--data-dir",
-        path_str(fresh.path()),
-    ]));
-    assert!(err.contains("no provider has id 0011223344556677"), "{err}");
 
     // Publication settings are checked before anything starts.
     for (toml, expected) in [
@@ -330,15 +328,8 @@ async fn a_published_exposure_is_found_in_exports_fetched_over_http() {
         let url = url.as_deref();
         let server = serve_with(data.path(), url, &["--dev"]);
         let http = reqwest::Client::new();
-        let mut add = vec!["provider", "add", "--name", "Lab", "--region", "302"];
-        add.extend(store_args(data.path(), url));
-        let printed = ok(confidant(&add));
-        let token = printed
-            .lines()
-            .find_map(|l| l.strip_prefix("api token:"))
-            .expect("token")
-            .trim()
-            .to_owned();
+        let admin_token = bootstrap_token(data.path(), url, "admin");
+        let (_, token) = add_provider(&server, &admin_token, "Lab", "302");
         let post = |path: &str, token: Option<&str>, body: Value| {
             let mut request = http.post(format!("{}{path}", server.base)).json(&body);
             if let Some(token) = token {

@@ -1,6 +1,7 @@
 //! The store's suite, run on SQLite and on PostgreSQL alike.
 
 mod flows;
+mod log;
 mod replay;
 
 use confidant_core::state::StoredKey;
