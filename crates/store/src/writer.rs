@@ -950,7 +950,6 @@ async fn create_indexes(
     Ok(())
 }
 
-
 /// Appends the retention event, deletes what it forgets, and purges old key material from the
 /// log, in one transaction.
 async fn retention(
