@@ -41,8 +41,8 @@ pub struct Overlay {
     /// How key rows are written.
     pub key_writes: KeyWrites,
     /// Insert in chunks of a power of two rows only, so that a long run of write-backs (a
-    /// rebuild) reuses a dozen prepared statements per table instead of preparing a large
-    /// one for every row count.
+    /// rebuild) reuses a dozen prepared statements per table, instead of preparing (and
+    /// caching) a large one for every row count.
     pub power_of_two_chunks: bool,
 }
 
@@ -825,28 +825,23 @@ fn upsert(
         Conflict::Ignore => ("INSERT OR IGNORE", String::new()),
         Conflict::None => ("INSERT", String::new()),
     };
-    let counted = !clause.starts_with(" ON CONFLICT");
+    let counted = clause.is_empty();
     let most = (MAX_PARAMS / columns.len()).max(1);
-    let mut chunks = Vec::new();
     let mut rest = rows.as_slice();
     while !rest.is_empty() {
         let size = match power_of_two_chunks {
             // The largest power of two that fits: 2048, 1024, …, 1.
-            true => 1 << (rest.len().min(most).ilog2()),
+            true => 1 << rest.len().min(most).ilog2(),
             false => rest.len().min(most),
         };
         let (chunk, after) = rest.split_at(size);
-        chunks.push(chunk);
         rest = after;
-    }
-    for chunk in chunks {
-        let sql = format!(
-            "{verb} INTO {table} ({}) VALUES {}{clause}",
-            columns.join(", "),
-            placeholders(chunk.len(), columns.len()),
-        );
         out.push(Statement {
-            sql,
+            sql: format!(
+                "{verb} INTO {table} ({}) VALUES {}{clause}",
+                columns.join(", "),
+                placeholders(chunk.len(), columns.len()),
+            ),
             params: chunk.concat(),
             inserts: counted.then_some(chunk.len() as u64),
         });

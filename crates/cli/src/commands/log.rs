@@ -191,9 +191,9 @@ async fn import(path: &Path, args: &StoreArgs) -> Result<ExitCode> {
 pub(crate) fn progress_bar(label: &'static str) -> impl FnMut(RebuildProgress) {
     let terminal = io::stderr().is_terminal();
     let started = Instant::now();
-    let mut drawn = false;
     move |progress| {
-        if !terminal {
+        // Before the rebuild has counted the log, and for an empty log, there is nothing to draw.
+        if !terminal || progress.total == 0 {
             return;
         }
         let total = progress.total.max(progress.replayed).max(1);
@@ -213,11 +213,11 @@ pub(crate) fn progress_bar(label: &'static str) -> impl FnMut(RebuildProgress) {
             total,
             rate
         );
-        if progress.replayed == progress.total && drawn {
+        // The last report (replayed == total) ends the line.
+        if progress.replayed >= progress.total {
             let _ = writeln!(stderr);
         }
         let _ = stderr.flush();
-        drawn = true;
     }
 }
 
