@@ -273,7 +273,7 @@ async fn provider(api: &Api, command: ProviderCommand) -> Result<()> {
                     json!({"reason": reason}),
                 )
                 .await?;
-            status_line(&format!("provider {id}"), &done, "suspended");
+            status_line(&format!("provider {id}"), &done, "suspended")?;
         }
         ProviderCommand::Reinstate { id, reason } => {
             let done = api
@@ -282,7 +282,7 @@ async fn provider(api: &Api, command: ProviderCommand) -> Result<()> {
                     json!({"reason": reason}),
                 )
                 .await?;
-            status_line(&format!("provider {id}"), &done, "active");
+            status_line(&format!("provider {id}"), &done, "active")?;
         }
         ProviderCommand::Revoke {
             id,
@@ -297,7 +297,7 @@ async fn provider(api: &Api, command: ProviderCommand) -> Result<()> {
                     .into();
             }
             let done = api.post(&format!("/providers/{id}/revoke"), body).await?;
-            status_line(&format!("provider {id}"), &done, "revoked");
+            status_line(&format!("provider {id}"), &done, "revoked")?;
             if retroactive {
                 out!(
                     "withdrew {} submission(s) ({} key(s)) submitted from {} on",
@@ -324,12 +324,13 @@ async fn provider(api: &Api, command: ProviderCommand) -> Result<()> {
 }
 
 /// "X is now S", or "X was already S" when the command changed nothing.
-fn status_line(what: &str, done: &Value, state: &str) {
+fn status_line(what: &str, done: &Value, state: &str) -> Result<()> {
     if done["changed"] == true {
         out!("{what} is now {state}");
     } else {
         out!("{what} was already {state}");
     }
+    Ok(())
 }
 
 async fn submission(api: &Api, command: SubmissionCommand) -> Result<()> {
@@ -503,7 +504,7 @@ async fn token(api: &Api, command: TokenCommand) -> Result<()> {
             let done = api
                 .post(&format!("/tokens/{id}/revoke"), json!({"reason": reason}))
                 .await?;
-            status_line(&format!("token {id}"), &done, "revoked");
+            status_line(&format!("token {id}"), &done, "revoked")?;
         }
     }
     Ok(())
