@@ -52,10 +52,9 @@ pub enum KeyWrites {
     /// `INSERT … ON CONFLICT (key_data) DO UPDATE`.
     #[default]
     Upsert,
-    /// Every key row written is new (a rebuild that only adds keys): a plain insert, whose
-    /// row count the caller checks. On SQLite `INSERT OR IGNORE`, which needs no statement
-    /// journal: an upsert of many rows first copies every page it touches, one page per
-    /// random key. On PostgreSQL a plain `INSERT`, for a table whose primary key is dropped.
+    /// Every key row written is new (a rebuild that only adds keys, with the keys' primary
+    /// key dropped): a plain insert, whose row count the caller checks. On SQLite
+    /// `INSERT OR IGNORE`, which needs no statement journal.
     Insert(Dialect),
 }
 

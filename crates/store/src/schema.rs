@@ -112,6 +112,31 @@ CREATE TABLE counters (
 ALTER TABLE events ADD COLUMN kind TEXT;
 CREATE INDEX events_by_kind ON events (kind, seq) WHERE kind IS NOT NULL;
 ",
+    // The keys' primary key becomes a unique index, which a rebuild drops and builds again
+    // by sorting, as it drops PostgreSQL's constraint: millions of random inserts into a
+    // B-tree are what made rebuilding slow.
+    r"
+CREATE TABLE keys_unindexed (
+    key_data BLOB NOT NULL,
+    rolling_start INTEGER NOT NULL,
+    rolling_period INTEGER NOT NULL,
+    transmission_risk INTEGER NOT NULL,
+    submission BLOB NOT NULL,
+    region TEXT NOT NULL DEFAULT '',
+    hour INTEGER NOT NULL DEFAULT 0,
+    withdrawn INTEGER
+);
+INSERT INTO keys_unindexed
+    (key_data, rolling_start, rolling_period, transmission_risk, submission, region, hour, withdrawn)
+    SELECT key_data, rolling_start, rolling_period, transmission_risk, submission, region, hour, withdrawn
+    FROM keys ORDER BY key_data;
+DROP TABLE keys;
+ALTER TABLE keys_unindexed RENAME TO keys;
+CREATE UNIQUE INDEX keys_primary ON keys (key_data);
+CREATE INDEX keys_by_submission ON keys (submission);
+CREATE INDEX keys_by_region_hour ON keys (region, hour);
+CREATE INDEX keys_withdrawn ON keys (region, withdrawn) WHERE withdrawn IS NOT NULL;
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -221,6 +246,8 @@ CREATE TABLE counters (
 ALTER TABLE events ADD COLUMN kind TEXT;
 CREATE INDEX events_by_kind ON events (kind, seq) WHERE kind IS NOT NULL;
 ",
+    // Migration 4 is SQLite's alone: PostgreSQL's rebuild drops the primary key constraint.
+    "SELECT 1",
 ];
 
 /// Tables rebuilt from the log, children first so deletion order is safe.

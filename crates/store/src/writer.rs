@@ -551,8 +551,8 @@ const REBUILD_PAGE: u32 = 10_000;
 /// grows by the cache.
 const REBUILD_SQLITE_CACHE_KIB: u64 = 64 * 1024;
 /// Tables whose secondary indexes are dropped while the log is replayed and built again at
-/// the end: one sort per index instead of millions of random inserts. Their primary and
-/// unique keys stay (upserts need them).
+/// the end: one sort per index instead of millions of random inserts. Their unique keys stay
+/// (upserts need them); only the keys' primary key goes too, while keys are only inserted.
 const REINDEXED_TABLES: [&str; 3] = ["keys", "submissions", "codes"];
 
 /// Empties the projections and replays the log into them, a page of events at a time, in one
@@ -681,9 +681,9 @@ async fn replay_log(
     let mut dropped = drop_secondary_indexes(conn).await?;
     let dialect = conn.dialect();
     let mut insert_keys = fast;
-    let mut primary_key = match dialect {
-        Dialect::Postgres if fast => drop_primary_key(conn, "keys").await?,
-        _ => None,
+    let mut primary_key = match fast {
+        true => drop_primary_key(conn, "keys").await?,
+        false => None,
     };
     let mut pages = read_pages(pool.acquire().await?, last);
     let mut replayed = 0u64;
@@ -735,7 +735,7 @@ async fn replay_log(
             }
             if restore_key {
                 insert_keys = false;
-                add_primary_key(conn, "keys", primary_key.take()).await?;
+                add_primary_key(conn, primary_key.take()).await?;
             }
             create_indexes(conn, needed).await?;
             let mut overlay = Overlay::load(conn, wanted).await?;
@@ -784,7 +784,7 @@ async fn replay_log(
     }
     phases[4] += clock.elapsed();
     let clock = Instant::now();
-    add_primary_key(conn, "keys", primary_key).await?;
+    add_primary_key(conn, primary_key).await?;
     create_indexes(conn, dropped).await?;
     phases[5] += clock.elapsed();
     let [pages, load, write, apply, last, indexes] = phases.map(|d| d.as_secs_f64());
@@ -910,10 +910,12 @@ async fn drop_secondary_indexes(
 ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     let tables = REINDEXED_TABLES.map(|t| format!("'{t}'")).join(", ");
     let sql = match conn.dialect() {
-        // Indexes behind PRIMARY KEY and UNIQUE have no SQL of their own.
+        // Indexes behind PRIMARY KEY and UNIQUE have no SQL of their own; unique indexes
+        // stay, as upserts need them.
         Dialect::Sqlite => format!(
             "SELECT tbl_name, name, sql FROM sqlite_master \
-             WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN ({tables}) ORDER BY name"
+             WHERE type = 'index' AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%' \
+             AND tbl_name IN ({tables}) ORDER BY name"
         ),
         Dialect::Postgres => format!(
             "SELECT t.relname::text, c.relname::text, pg_get_indexdef(i.indexrelid) \
@@ -936,41 +938,35 @@ async fn drop_secondary_indexes(
     Ok(indexes)
 }
 
-/// Drops `table`'s primary key; returns its name and definition, to add it back.
-async fn drop_primary_key(
-    conn: &mut Conn,
-    table: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    let Some(row) = conn
-        .fetch_optional(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+/// Drops `table`'s primary key: PostgreSQL's constraint, or SQLite's unique index
+/// `{table}_primary`. Returns the statement that adds it back.
+async fn drop_primary_key(conn: &mut Conn, table: &str) -> Result<Option<String>, sqlx::Error> {
+    let (find, params, drop): (_, _, fn(&str, &str) -> String) = match conn.dialect() {
+        Dialect::Sqlite => (
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name = $1",
+            vec![format!("{table}_primary").into()],
+            |_, name| format!("DROP INDEX {name}"),
+        ),
+        Dialect::Postgres => (
+            "SELECT conname::text, 'ALTER TABLE ' || $1 || ' ADD CONSTRAINT \"' || conname \
+             || '\" ' || pg_get_constraintdef(oid) FROM pg_constraint \
              WHERE conrelid = $1::text::regclass AND contype = 'p'",
-            &[table.into()],
-        )
-        .await?
-    else {
+            vec![table.into()],
+            |table, name| format!("ALTER TABLE {table} DROP CONSTRAINT {name}"),
+        ),
+    };
+    let Some(row) = conn.fetch_optional(find, &params).await? else {
         return Ok(None);
     };
-    let (name, definition) = (row.text(0)?, row.text(1)?);
-    conn.execute_script(&format!(
-        "ALTER TABLE {table} DROP CONSTRAINT \"{}\"",
-        name.replace('"', "\"\"")
-    ))
-    .await?;
-    Ok(Some((name, definition)))
+    let (name, add_back) = (row.text(0)?, row.text(1)?);
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    conn.execute_script(&drop(table, &quoted)).await?;
+    Ok(Some(add_back))
 }
 
-async fn add_primary_key(
-    conn: &mut Conn,
-    table: &str,
-    key: Option<(String, String)>,
-) -> Result<(), sqlx::Error> {
-    if let Some((name, definition)) = key {
-        conn.execute_script(&format!(
-            "ALTER TABLE {table} ADD CONSTRAINT \"{}\" {definition}",
-            name.replace('"', "\"\"")
-        ))
-        .await?;
+async fn add_primary_key(conn: &mut Conn, add_back: Option<String>) -> Result<(), sqlx::Error> {
+    if let Some(sql) = add_back {
+        conn.execute_script(&sql).await?;
     }
     Ok(())
 }

@@ -22,6 +22,16 @@ use gaen::VerifyingKey;
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        // One-shot commands report on stdout and stderr themselves; their log (say, where
+        // a rebuild spends its time) is shown only when asked for.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("CONFIDANT_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
+    }
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),

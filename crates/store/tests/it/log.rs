@@ -246,7 +246,7 @@ async fn rebuild_reports_progress_and_keeps_the_state() {
 }
 
 /// A log the rules never write (a key submitted twice, no retention between) still rebuilds
-/// to exactly `State::replay`: on PostgreSQL the fast path, which drops the keys' primary key,
+/// to exactly `State::replay`: the fast path, which drops the keys' primary key,
 /// finds the duplicate when it puts the key back and replays again the careful way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_written_twice_rebuilds_as_apply_says() {
