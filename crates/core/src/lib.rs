@@ -7,6 +7,7 @@
 
 pub mod codes;
 pub mod corrections;
+pub mod covidshield_wire;
 pub mod event;
 pub mod feed;
 pub mod ids;

@@ -32,82 +32,8 @@ const CLAIM_BODY_LIMIT: usize = 256;
 const UPLOAD_BODY_LIMIT: usize = 1024;
 const TIMESTAMP_TOLERANCE_SECONDS: u64 = 3600;
 
-/// Wire messages of `../shared/proto/covidshield.proto`.
-pub mod proto {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyClaimRequest {
-        #[prost(string, optional, tag = "1")]
-        pub one_time_code: Option<String>,
-        #[prost(bytes = "vec", optional, tag = "2")]
-        pub app_public_key: Option<Vec<u8>>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyClaimResponse {
-        #[prost(int32, optional, tag = "1")]
-        pub error: Option<i32>,
-        #[prost(bytes = "vec", optional, tag = "2")]
-        pub server_public_key: Option<Vec<u8>>,
-        #[prost(uint32, optional, tag = "3")]
-        pub tries_remaining: Option<u32>,
-        #[prost(message, optional, tag = "4")]
-        pub remaining_ban_duration: Option<Duration>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Duration {
-        #[prost(int64, tag = "1")]
-        pub seconds: i64,
-        #[prost(int32, tag = "2")]
-        pub nanos: i32,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Timestamp {
-        #[prost(int64, tag = "1")]
-        pub seconds: i64,
-        #[prost(int32, tag = "2")]
-        pub nanos: i32,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct EncryptedUploadRequest {
-        #[prost(bytes = "vec", optional, tag = "1")]
-        pub server_public_key: Option<Vec<u8>>,
-        #[prost(bytes = "vec", optional, tag = "2")]
-        pub app_public_key: Option<Vec<u8>>,
-        #[prost(bytes = "vec", optional, tag = "3")]
-        pub nonce: Option<Vec<u8>>,
-        #[prost(bytes = "vec", optional, tag = "4")]
-        pub payload: Option<Vec<u8>>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct EncryptedUploadResponse {
-        #[prost(int32, required, tag = "1")]
-        pub error: i32,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Upload {
-        #[prost(message, optional, tag = "1")]
-        pub timestamp: Option<Timestamp>,
-        #[prost(message, repeated, tag = "2")]
-        pub keys: Vec<TemporaryExposureKey>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TemporaryExposureKey {
-        #[prost(bytes = "vec", optional, tag = "1")]
-        pub key_data: Option<Vec<u8>>,
-        #[prost(int32, optional, tag = "2")]
-        pub transmission_risk_level: Option<i32>,
-        #[prost(int32, optional, tag = "3")]
-        pub rolling_start_interval_number: Option<i32>,
-        #[prost(int32, optional, tag = "4")]
-        pub rolling_period: Option<i32>,
-    }
-}
+/// Wire messages of `../shared/proto/covidshield.proto`, shared with `confidant-client`.
+pub use confidant_core::covidshield_wire as proto;
 
 /// `KeyClaimResponse.ErrorCode`.
 #[derive(Clone, Copy)]
