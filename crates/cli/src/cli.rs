@@ -42,9 +42,52 @@ pub enum Command {
     Keys(KeysCommand),
     /// Match observed RPIs against the diagnosis keys in export files, as a phone does
     Match(MatchArgs),
+    /// Run a seeded population of phones through an epidemic against a real server, and
+    /// report who should have been warned, who was, how late, and at what cost
+    Simulate(SimulateArgs),
     /// Measure the speed of the crypto, matching and export writing on this machine
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// People in the simulated city
+    #[arg(long, default_value_t = 10_000)]
+    pub population: usize,
+    /// Days of epidemic (then 3 quiet days, so the last uploads reach every phone)
+    #[arg(long, default_value_t = 21)]
+    pub days: u32,
+    /// Seed: the same seed and settings give the same report
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of people who run the app
+    #[arg(long, default_value_t = 0.6)]
+    pub adoption: f64,
+    /// Probability that a phone hears a nearby phone in a 10-minute interval
+    #[arg(long, default_value_t = 0.9)]
+    pub detection: f64,
+    /// Share of positive app users who upload their keys
+    #[arg(long, default_value_t = 0.8)]
+    pub upload_share: f64,
+    /// Share of uploads the health authority rolls back 12 hours later
+    #[arg(long, default_value_t = 0.0)]
+    pub withdraw_share: f64,
+    /// Perfect radios and full compliance: detection 1, exact attenuation, every positive uploads
+    #[arg(long)]
+    pub perfect: bool,
+    /// Write report.json and SVG charts here
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Run against this server (started with `confidant serve --dev`) instead of an embedded one
+    #[arg(long, value_name = "URL", requires_all = ["public_key", "admin_token"])]
+    pub server: Option<String>,
+    /// With --server: the public key its files are signed with (PEM)
+    #[arg(long, value_name = "PEM")]
+    pub public_key: Option<PathBuf>,
+    /// With --server: an admin-scope token, to register the simulated test centre and roll back
+    #[arg(long, value_name = "TOKEN", env = "CONFIDANT_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Args)]

@@ -15,6 +15,7 @@ use confidant_core::state::StoredKey;
 use confidant_core::{
     ClaimId, CodeFormat, Credential, Digest, Event, KeyData, ProviderId, Region, TrackingId,
 };
+use confidant_sim::SeededRng;
 use confidant_store::{Store, StoreOptions};
 
 use super::peak_rss_mib;
@@ -26,35 +27,9 @@ const KEYS_PER_SUBMISSION: usize = 14;
 /// Submissions generated and imported per transaction chunk.
 const CHUNK: usize = 10_000;
 
-/// SplitMix64: fast, seeded, good enough for test data (not for secrets).
-struct Generator(u64);
-
-impl Generator {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        for chunk in out.chunks_mut(8) {
-            let word = self.next().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-        out
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-}
-
 /// The three events of submission `index` of `total`.
 fn submission(
-    rng: &mut Generator,
+    rng: &mut SeededRng,
     provider: ProviderId,
     region: &Region,
     index: usize,
@@ -184,7 +159,7 @@ async fn measure(submissions: usize, url: &str, backend: &str) -> Result<()> {
 /// Generates the log a chunk at a time into one import; returns the number of events.
 async fn generate_and_import(store: &Store, submissions: usize) -> Result<u64> {
     let started = Instant::now();
-    let mut rng = Generator(0x5eed_c0f1_da47_0001);
+    let mut rng = SeededRng::new(0x5eed_c0f1_da47_0001);
     let provider = ProviderId(rng.bytes());
     let region = Region::try_from("DE".to_owned()).map_err(anyhow::Error::msg)?;
     let mut import = store.begin_import().await?;

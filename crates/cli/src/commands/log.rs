@@ -187,34 +187,37 @@ async fn import(path: &Path, args: &StoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Draws a progress bar on stderr when it is a terminal; nothing otherwise.
+/// Draws a rebuild's progress bar on stderr when it is a terminal; nothing otherwise.
 pub(crate) fn progress_bar(label: &'static str) -> impl FnMut(RebuildProgress) {
+    let mut meter = progress_meter(label, "events");
+    move |progress| meter(progress.replayed, progress.total)
+}
+
+/// Draws a progress bar of `done` out of `total` `unit`s on stderr when it is a terminal.
+pub(crate) fn progress_meter(label: &'static str, unit: &'static str) -> impl FnMut(u64, u64) {
     let terminal = io::stderr().is_terminal();
     let started = Instant::now();
-    move |progress| {
-        // Before the rebuild has counted the log, and for an empty log, there is nothing to draw.
-        if !terminal || progress.total == 0 {
+    move |done, total| {
+        // Before the total is known, and for nothing to do, there is nothing to draw.
+        if !terminal || total == 0 {
             return;
         }
-        let total = progress.total.max(progress.replayed).max(1);
-        let fraction = progress.replayed as f64 / total as f64;
+        let shown_total = total.max(done).max(1);
+        let fraction = done as f64 / shown_total as f64;
         let width = 30;
         let filled = (fraction * width as f64) as usize;
         let seconds = started.elapsed().as_secs_f64();
-        let rate = progress.replayed as f64 / seconds.max(1e-3);
+        let rate = done as f64 / seconds.max(1e-3);
         let mut stderr = io::stderr().lock();
         let _ = write!(
             stderr,
-            "\r{label} [{}{}] {:>3.0}%  {}/{} events  {:.0} events/s ",
+            "\r{label} [{}{}] {:>3.0}%  {done}/{shown_total} {unit}  {rate:.0} {unit}/s ",
             "#".repeat(filled),
             ".".repeat(width - filled),
             fraction * 100.0,
-            progress.replayed,
-            total,
-            rate
         );
-        // The last report (replayed == total) ends the line.
-        if progress.replayed >= progress.total {
+        // The last report ends the line.
+        if done >= total {
             let _ = writeln!(stderr);
         }
         let _ = stderr.flush();

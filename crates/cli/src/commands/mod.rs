@@ -11,6 +11,7 @@ mod keys;
 mod log;
 mod matching;
 mod serve;
+mod simulate;
 
 use std::fs;
 use std::path::Path;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Feed(command) => feed::run(command),
         Command::Keys(command) => keys::run(command),
         Command::Match(args) => matching::run(args),
+        Command::Simulate(args) => simulate::run(args),
         Command::Bench(command) => bench::run(command),
     }
 }
