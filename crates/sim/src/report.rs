@@ -22,6 +22,10 @@ pub struct Tally {
     pub feed_bytes: Vec<u64>,
     pub export_bytes: Vec<u64>,
     pub phone_syncs: Vec<u64>,
+    /// Requests that reached the server each day: provider, app and admin API calls, and
+    /// file requests the CDN passed on.
+    pub api_requests_per_day: Vec<u64>,
+    pub file_requests_per_day: Vec<u64>,
     pub withdrawn: u64,
     /// Requests to the provider and app APIs.
     pub api_requests: u64,
@@ -42,6 +46,8 @@ impl Tally {
             feed_bytes: vec![0; days],
             export_bytes: vec![0; days],
             phone_syncs: vec![0; days],
+            api_requests_per_day: vec![0; days],
+            file_requests_per_day: vec![0; days],
             withdrawn: 0,
             api_requests: 0,
             origin_requests: 0,
@@ -203,7 +209,7 @@ impl Report {
         out
     }
 
-    /// Writes `report.json` and the charts into `dir`.
+    /// Writes `report.json` and the charts into `dir`; returns the file names.
     pub fn write(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         std::fs::create_dir_all(dir)?;
         let mut written = Vec::new();
@@ -259,6 +265,23 @@ impl Report {
                 "day",
                 "keys",
                 days(&self.daily.keys_published),
+            )
+            .render()
+            .as_bytes(),
+        )?;
+        put(
+            "requests.svg",
+            Chart::lines(
+                "Requests reaching the server per day",
+                "day",
+                "requests",
+                vec![
+                    Series::new("API", days(&self.daily.api_requests_per_day)),
+                    Series::new(
+                        "files (CDN misses)",
+                        days(&self.daily.file_requests_per_day),
+                    ),
+                ],
             )
             .render()
             .as_bytes(),

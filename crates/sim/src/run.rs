@@ -168,6 +168,7 @@ async fn run(
     let mut encounters: Vec<Encounter> = Vec::new();
     let mut next_encounter = 0;
     let mut index = KeyIndex::default();
+    let mut origin_counted = 0;
     for hour_index in 0..total_hours {
         let now = start + hour_index * HOUR;
         let day = (hour_index / 24) as usize;
@@ -225,6 +226,8 @@ async fn run(
                 Action::Withdraw(index) => {
                     if let Some(tracking_id) = &uploads[index].tracking_id {
                         server.withdraw(tracking_id).await?;
+                        tally.api_requests += 1;
+                        tally.api_requests_per_day[day] += 1;
                         uploads[index].withdrawn_at = Some(now);
                         tally.withdrawn += 1;
                     }
@@ -261,6 +264,7 @@ async fn run(
                     .map_err(|e| SimError::Server(format!("an upload task failed: {e}")))??;
                 // A code from the provider API, then a redemption and an upload.
                 tally.api_requests += 3;
+                tally.api_requests_per_day[day] += 3;
                 let index = uploads.len();
                 for key in &keys {
                     key_owner.insert(key.tek.0, index);
@@ -404,6 +408,11 @@ async fn run(
             phone.store.prune(now);
             phone.schedule.prune(now);
         }
+        let origin = cdn
+            .origin_requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        tally.file_requests_per_day[day] += origin - origin_counted;
+        origin_counted = origin;
         progress(hour_index + 1, total_hours);
     }
 

@@ -47,6 +47,15 @@ async fn perfect_conditions_warn_exactly_the_exposed() {
             .is_some_and(|h| h > 0.0 && h < 72.0)
     );
     assert!(report.feed_bytes_per_phone_day > 0.0 && report.export_bytes_per_phone_day > 0.0);
+    let api: u64 = report.daily.api_requests_per_day.iter().sum();
+    assert_eq!(api, report.daily.api_requests);
+    assert_eq!(
+        api,
+        3 * report.uploads,
+        "a code, a redemption and an upload each"
+    );
+    let files: u64 = report.daily.file_requests_per_day.iter().sum();
+    assert_eq!(files, report.daily.origin_requests);
     assert!(
         report
             .summary()
@@ -55,7 +64,7 @@ async fn perfect_conditions_warn_exactly_the_exposed() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let written = report.write(dir.path()).expect("report written");
-    assert_eq!(written.len(), 5);
+    assert_eq!(written.len(), 6);
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).expect("json"))
             .expect("valid json");
