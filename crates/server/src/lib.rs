@@ -8,6 +8,7 @@
 //! their commits) finish. Tests bind `127.0.0.1:0` and use exactly this wiring.
 
 mod admin;
+mod chaff;
 pub mod clock;
 mod covidshield;
 mod dev;
@@ -49,6 +50,7 @@ pub(crate) struct AppState {
     pub publisher: Arc<Publisher>,
     pub retrieval_secret: Arc<Vec<u8>>,
     pub day_cache: Arc<retrieve::DayCache>,
+    pub chaff_timings: Arc<chaff::Timings>,
 }
 
 impl AppState {
@@ -143,6 +145,7 @@ impl App {
             publisher: publisher.clone(),
             retrieval_secret: Arc::new(settings.retrieval_secret),
             day_cache: Arc::default(),
+            chaff_timings: Arc::default(),
         };
         // Requests that touch the store get a deadline; static files answer from memory and
         // skip the timer.

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use confidant_core::codes::normalize_code;
-use confidant_core::rules::{self, RawKey};
+use confidant_core::rules::{self, CLAIM_LIFETIME_SECONDS, KEY_BUDGET, RawKey};
 use confidant_core::{ClaimId, CodeFormat, Credential, DomainError, OneTimeCode, TrackingId};
 use confidant_store::{ClaimLookup, StoreError};
 use rand_core::{OsRng, RngCore};
@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::AppState;
+use crate::chaff::{self, Endpoint, padded_json};
 use crate::problem::Problem;
 
 /// Requests of the native API are small; padding included, 32 KiB is plenty.
@@ -163,8 +164,20 @@ async fn verify(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    let started = std::time::Instant::now();
     let request: VerifyRequest = json_body(body, None)?;
     let now = state.now();
+    if chaff::is_chaff(&headers) {
+        // Whatever the code: no lookup, no lockout, nothing stored.
+        let expires_at = now + CLAIM_LIFETIME_SECONDS;
+        let body = json!({
+            "token": URL_SAFE_NO_PAD.encode(random_bytes::<32>()),
+            "expiresAt": rfc3339(expires_at.div_ceil(3600) * 3600),
+            "keyBudget": KEY_BUDGET,
+        });
+        tokio::time::sleep(state.chaff_timings.draw(Endpoint::Verify)).await;
+        return Ok(padded_json(body));
+    }
     let address = state.hasher.address(&state.client_address(peer, &headers));
     let normalized =
         normalize_code(&request.code).map_err(|why| Problem::bad_request("malformed_code", why))?;
@@ -192,10 +205,12 @@ async fn verify(
     {
         Ok((expires_at, key_budget)) => {
             attempt.succeed(now);
-            Ok(axum::Json(
+            state
+                .chaff_timings
+                .record(Endpoint::Verify, started.elapsed());
+            Ok(padded_json(
                 json!({"token": token, "expiresAt": rfc3339(expires_at), "keyBudget": key_budget}),
-            )
-            .into_response())
+            ))
         }
         Err(StoreError::Domain(DomainError::InvalidCode)) => {
             let standing = attempt.fail(now);
@@ -230,6 +245,7 @@ async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
+    let started = std::time::Instant::now();
     let token = bearer(&headers).ok_or_else(|| {
         Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -238,6 +254,7 @@ async fn submit(
         )
     })?;
     let request: SubmissionRequest = json_body(body, None)?;
+    let chaff = chaff::is_chaff(&headers);
     let raw = request
         .keys
         .iter()
@@ -259,8 +276,22 @@ async fn submit(
         .collect::<Result<Vec<_>, Problem>>()?;
     let now = state.now();
     let keys = rules::validate_keys(&raw, now).inspect_err(|e| {
-        crate::observe::submission_rejected("v1", e, raw.len());
+        if !chaff {
+            crate::observe::submission_rejected("v1", e, raw.len());
+        }
     })?;
+    if chaff {
+        // Checked like a real upload, answered like one, and forgotten.
+        let body = json!({
+            "trackingId": TrackingId(random_bytes()).to_hex(),
+            "inserted": keys.len(),
+            "skipped": 0,
+            "dropped": 0,
+            "warnings": Vec::<String>::new(),
+        });
+        tokio::time::sleep(state.chaff_timings.draw(Endpoint::Submit)).await;
+        return Ok(padded_json(body));
+    }
     let outcome = state
         .store
         .submit(
@@ -289,14 +320,16 @@ async fn submit(
             outcome.skipped
         ));
     }
-    Ok(axum::Json(json!({
+    state
+        .chaff_timings
+        .record(Endpoint::Submit, started.elapsed());
+    Ok(padded_json(json!({
         "trackingId": outcome.tracking_id.to_hex(),
         "inserted": outcome.inserted,
         "skipped": outcome.skipped,
         "dropped": outcome.dropped,
         "warnings": warnings,
-    }))
-    .into_response())
+    })))
 }
 
 async fn submission_status(

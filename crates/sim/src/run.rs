@@ -484,12 +484,12 @@ fn transmit(
     tally: &mut Tally,
 ) {
     let health = |id: PersonId| population.people[id as usize].health;
-    let (source, target) = match (health(encounter.a), health(encounter.b)) {
-        (Health::Infectious { .. }, Health::Susceptible) => (encounter.a, encounter.b),
-        (Health::Susceptible, Health::Infectious { .. }) => (encounter.b, encounter.a),
+    // Only the susceptible one can be infected, by the infectious one.
+    let target = match (health(encounter.a), health(encounter.b)) {
+        (Health::Infectious { .. }, Health::Susceptible) => encounter.b,
+        (Health::Susceptible, Health::Infectious { .. }) => encounter.a,
         _ => return,
     };
-    let _ = source;
     let minutes = f64::from(encounter.seconds) / 60.0;
     let rate = settings.epidemic.transmission_per_minute * closeness(encounter.attenuation_db);
     if rng.chance(1.0 - (-rate * minutes).exp()) {

@@ -1,6 +1,7 @@
 //! The server over real HTTP on port 0, on SQLite and on PostgreSQL.
 
 mod admin;
+mod chaff;
 mod covidshield;
 mod native;
 mod publication;
