@@ -1,13 +1,9 @@
-//! Native feed files (`docs/feed.md`), as a phone downloads them: decoding must never panic,
-//! and whatever decodes names its key id consistently.
+//! Native feed files (`docs/feed.md`), as a phone downloads them.
+//! The check lives in `fuzz/checks/core.rs`, shared with the corpus replay test.
 #![no_main]
 
-use confidant_core::feed;
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/core.rs"]
+#[allow(dead_code)] // each target uses one of the module's checks
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(file) = feed::decode(data) {
-        assert!(feed::key_id_of(data).is_ok());
-        assert!(file.added.len() * 16 <= data.len());
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::feed_file(data));

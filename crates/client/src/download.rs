@@ -203,41 +203,7 @@ impl<F: Fetch> FeedDownloader<F> {
     }
 
     fn parse_index(&self, path: &str, bytes: &[u8]) -> Result<FeedIndex, ClientError> {
-        let unexpected = |reason: String| ClientError::UnexpectedResponse {
-            url: path.to_owned(),
-            reason,
-        };
-        let index: FeedIndex = serde_json::from_slice(bytes)
-            .map_err(|e| unexpected(format!("not a feed index: {e}")))?;
-        if index.format != feed::FEED_INDEX_FORMAT {
-            return Err(unexpected(format!(
-                "feed index format {} (this client reads {})",
-                index.format,
-                feed::FEED_INDEX_FORMAT
-            )));
-        }
-        if index.region != self.region {
-            return Err(unexpected(format!(
-                "the index is for region {}, not {}",
-                index.region, self.region
-            )));
-        }
-        // Names come from an unsigned file: accept only the canonical ones, so nothing but
-        // feed files of this region is ever requested.
-        let entries = index.snapshot.iter().map(|s| (FeedKind::Snapshot, s));
-        let deltas = index.deltas.iter().map(|d| (FeedKind::Delta, d));
-        if let Some((kind, entry)) = entries
-            .chain(deltas)
-            .find(|(kind, entry)| entry.file != feed::file_name(*kind, entry.seq))
-        {
-            return Err(unexpected(format!(
-                "the {kind} with seq {} is named {:?}, expected {:?}",
-                entry.seq,
-                entry.file,
-                feed::file_name(kind, entry.seq)
-            )));
-        }
-        Ok(index)
+        parse_feed_index(path, bytes, &self.region)
     }
 
     /// Fetches and checks one file the index lists.
@@ -478,6 +444,50 @@ fn check_region(
         ));
     }
     Ok(())
+}
+
+/// `index.json` as fetched from `path`: a feed index of this client's format for `region`
+/// that names only canonical feed files.
+pub fn parse_feed_index(
+    path: &str,
+    bytes: &[u8],
+    region: &Region,
+) -> Result<FeedIndex, ClientError> {
+    let unexpected = |reason: String| ClientError::UnexpectedResponse {
+        url: path.to_owned(),
+        reason,
+    };
+    let index: FeedIndex =
+        serde_json::from_slice(bytes).map_err(|e| unexpected(format!("not a feed index: {e}")))?;
+    if index.format != feed::FEED_INDEX_FORMAT {
+        return Err(unexpected(format!(
+            "feed index format {} (this client reads {})",
+            index.format,
+            feed::FEED_INDEX_FORMAT
+        )));
+    }
+    if index.region != *region {
+        return Err(unexpected(format!(
+            "the index is for region {}, not {}",
+            index.region, region
+        )));
+    }
+    // Names come from an unsigned file: accept only the canonical ones, so nothing but
+    // feed files of this region is ever requested.
+    let entries = index.snapshot.iter().map(|s| (FeedKind::Snapshot, s));
+    let deltas = index.deltas.iter().map(|d| (FeedKind::Delta, d));
+    if let Some((kind, entry)) = entries
+        .chain(deltas)
+        .find(|(kind, entry)| entry.file != feed::file_name(*kind, entry.seq))
+    {
+        return Err(unexpected(format!(
+            "the {kind} with seq {} is named {:?}, expected {:?}",
+            entry.seq,
+            entry.file,
+            feed::file_name(kind, entry.seq)
+        )));
+    }
+    Ok(index)
 }
 
 /// Which export stream to follow.

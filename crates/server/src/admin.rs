@@ -5,9 +5,10 @@
 //! keyed hash; its scope (read < operate < admin) decides what it may do. Every change goes
 //! through `core::corrections::decide` in the store, which records it with the acting token
 //! and the request's `reason` in the same transaction; a refused or empty command records
-//! nothing. This module only parses requests into `Command`s and formats answers: it holds no
-//! rules of its own, except how a submission's status is derived from publication
-//! ([`submission_status`], shared with `GET /v1/submissions/{trackingId}`).
+//! nothing. This module only turns requests (bodies parsed by [`crate::bodies`]) into `Command`s
+//! and formats answers: it holds no rules of its own, except how a submission's status is
+//! derived from publication ([`submission_status`], shared with
+//! `GET /v1/submissions/{trackingId}`).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,31 +18,25 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use confidant_core::codes::normalize_code;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use confidant_core::corrections::{Actor, Command, Outcome, Scope};
 use confidant_core::publish::{self, Stream};
 use confidant_core::state::KeyRecord;
 use confidant_core::{
-    AdminTokenId, Event, KeyData, KeyedHasher, Provider, ProviderId, Region, Submission, TrackingId,
+    AdminTokenId, Event, KeyedHasher, Provider, ProviderId, Submission, TrackingId,
 };
 use confidant_store::StoreError;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::AppState;
+use crate::bodies::{self, CreateTokenRequest, RegisterRequest, RevokeRequest};
 use crate::problem::Problem;
-use crate::v1::{BODY_LIMIT, bearer, json_body, random_bytes, rfc3339};
+use crate::v1::{BODY_LIMIT, bearer, random_bytes, read_body, rfc3339};
 
-/// Most keys in one de-registration.
-const MAX_KEYS: usize = 1000;
 /// Most audit entries in one page.
 const MAX_AUDIT_LIMIT: u32 = 1000;
 const DEFAULT_AUDIT_LIMIT: u32 = 100;
-/// Longest provider name and token label.
-const MAX_NAME_CHARS: usize = 200;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -158,14 +153,6 @@ async fn correct(
         .await?)
 }
 
-/// A mutation's body when all it needs is the reason.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReasonRequest {
-    #[serde(default)]
-    reason: String,
-}
-
 fn provider_id(text: &str) -> Result<ProviderId, Problem> {
     ProviderId::from_hex(text).ok_or_else(|| {
         Problem::bad_request(
@@ -226,31 +213,17 @@ async fn list_providers(
     Ok(ok(json!({ "providers": providers })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterRequest {
-    name: String,
-    region: String,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn register_provider(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Admin).await?;
-    let request: RegisterRequest = json_body(body, None)?;
-    let name = request.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(Problem::bad_request(
-            "invalid_name",
-            format!("a provider name is 1 to {MAX_NAME_CHARS} characters"),
-        ));
-    }
-    let region = Region::try_from(request.region)
-        .map_err(|why| Problem::bad_request("invalid_region", why))?;
+    let RegisterRequest {
+        name,
+        region,
+        reason,
+    } = bodies::register_request(&read_body(body)?)?;
     let id = ProviderId(random_bytes());
     let api_token = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let command = Command::RegisterProvider {
@@ -259,7 +232,7 @@ async fn register_provider(
         region: region.clone(),
         token_hash: state.hasher.token(&api_token),
     };
-    correct(&state, admin, command, request.reason).await?;
+    correct(&state, admin, command, reason).await?;
     Ok(created(json!({
         "id": id.to_hex(),
         "name": name,
@@ -320,56 +293,17 @@ async fn set_suspended(
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Operate).await?;
     let id = provider_id(&id)?;
-    let request: ReasonRequest = json_body(body, None)?;
+    let reason = bodies::reason_request(&read_body(body)?)?;
     let command = if suspend {
         Command::SuspendProvider(id)
     } else {
         Command::ReinstateProvider(id)
     };
-    let outcome = correct(&state, admin, command, request.reason).await?;
+    let outcome = correct(&state, admin, command, reason).await?;
     Ok(ok(json!({
         "changed": outcome.changed,
         "status": if suspend { "suspended" } else { "active" },
     })))
-}
-
-/// A point in time as RFC 3339 or unix seconds (a number or a string of digits).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Since {
-    Seconds(u64),
-    Text(String),
-}
-
-impl Since {
-    fn unix_seconds(&self) -> Result<u64, Problem> {
-        let malformed = || {
-            Problem::bad_request(
-                "malformed_since",
-                "`since` is an RFC 3339 time (e.g. 2027-01-15T08:00:00Z) or unix seconds",
-            )
-        };
-        match self {
-            Since::Seconds(seconds) => Ok(*seconds),
-            Since::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
-                text.parse().map_err(|_| malformed())
-            }
-            Since::Text(text) => OffsetDateTime::parse(text, &Rfc3339)
-                .ok()
-                .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
-                .ok_or_else(malformed),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeRequest {
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    retroactive: bool,
-    since: Option<Since>,
 }
 
 async fn revoke_provider(
@@ -380,23 +314,15 @@ async fn revoke_provider(
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Admin).await?;
     let id = provider_id(&id)?;
-    let request: RevokeRequest = json_body(body, None)?;
-    let withdraw_since_hour = match (request.retroactive, &request.since) {
-        (false, None) => None,
-        (false, Some(_)) => {
-            return Err(Problem::bad_request(
-                "since_without_retroactive",
-                "`since` only applies to a retroactive revocation: add \"retroactive\": true",
-            ));
-        }
-        (true, None) => Some(0),
-        (true, Some(since)) => Some(since.unix_seconds()? / 3600),
-    };
+    let RevokeRequest {
+        withdraw_since_hour,
+        reason,
+    } = bodies::revoke_request(&read_body(body)?)?;
     let command = Command::RevokeProvider {
         provider: id,
         withdraw_since_hour,
     };
-    let outcome = correct(&state, admin, command, request.reason).await?;
+    let outcome = correct(&state, admin, command, reason).await?;
     let mut body = json!({
         "changed": outcome.changed,
         "status": "revoked",
@@ -417,9 +343,9 @@ async fn invalidate_provider_codes(
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Operate).await?;
     let id = provider_id(&id)?;
-    let request: ReasonRequest = json_body(body, None)?;
+    let reason = bodies::reason_request(&read_body(body)?)?;
     let command = Command::InvalidateProviderCodes(id);
-    let outcome = correct(&state, admin, command, request.reason).await?;
+    let outcome = correct(&state, admin, command, reason).await?;
     Ok(ok(json!({
         "changed": outcome.changed,
         "codesInvalidated": outcome.codes_invalidated,
@@ -535,22 +461,14 @@ async fn withdraw_submission(
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Operate).await?;
     let id = tracking_id(&tracking)?;
-    let request: ReasonRequest = json_body(body, None)?;
+    let reason = bodies::reason_request(&read_body(body)?)?;
     let command = Command::WithdrawSubmission(id);
-    let outcome = correct(&state, admin, command, request.reason).await?;
+    let outcome = correct(&state, admin, command, reason).await?;
     Ok(ok(json!({
         "changed": outcome.changed,
         "submissionsWithdrawn": outcome.submissions_withdrawn,
         "keysWithdrawn": outcome.keys_withdrawn,
     })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeregisterRequest {
-    keys: Vec<String>,
-    #[serde(default)]
-    reason: String,
 }
 
 async fn deregister_keys(
@@ -559,36 +477,14 @@ async fn deregister_keys(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Operate).await?;
-    let request: DeregisterRequest = json_body(body, None)?;
-    if request.keys.is_empty() || request.keys.len() > MAX_KEYS {
-        return Err(Problem::bad_request(
-            "invalid_key_count",
-            format!(
-                "send 1 to {MAX_KEYS} keys per request; got {}",
-                request.keys.len()
-            ),
-        ));
-    }
-    let keys = request
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(index, text)| {
-            STANDARD
-                .decode(text)
-                .ok()
-                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-                .map(KeyData)
-                .ok_or_else(|| {
-                    Problem::bad_request(
-                        "invalid_key",
-                        format!("key #{index} is not 16 bytes in base64"),
-                    )
-                    .with("keyIndex", index)
-                })
-        })
-        .collect::<Result<Vec<_>, Problem>>()?;
-    let outcome = correct(&state, admin, Command::DeregisterKeys(keys), request.reason).await?;
+    let request = bodies::deregister_request(&read_body(body)?)?;
+    let outcome = correct(
+        &state,
+        admin,
+        Command::DeregisterKeys(request.keys),
+        request.reason,
+    )
+    .await?;
     Ok(ok(json!({
         "changed": outcome.changed,
         "deregistered": outcome.keys_withdrawn,
@@ -597,24 +493,14 @@ async fn deregister_keys(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InvalidateCodeRequest {
-    code: String,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn invalidate_code(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Operate).await?;
-    let request: InvalidateCodeRequest = json_body(body, None)?;
-    let normalized =
-        normalize_code(&request.code).map_err(|why| Problem::bad_request("malformed_code", why))?;
-    let command = Command::InvalidateCode(state.hasher.code(&normalized));
+    let request = bodies::invalidate_code_request(&read_body(body)?)?;
+    let command = Command::InvalidateCode(state.hasher.code(&request.code));
     let outcome = correct(&state, admin, command, request.reason).await?;
     Ok(ok(json!({
         "changed": outcome.changed,
@@ -699,42 +585,23 @@ async fn list_tokens(
     Ok(ok(json!({ "tokens": tokens })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateTokenRequest {
-    scope: String,
-    #[serde(default)]
-    label: String,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn create_token(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let admin = authorize(&state, &headers, Scope::Admin).await?;
-    let request: CreateTokenRequest = json_body(body, None)?;
-    let scope = Scope::parse(&request.scope).ok_or_else(|| {
-        Problem::bad_request(
-            "invalid_scope",
-            format!("scope is read, operate or admin; got {:?}", request.scope),
-        )
-    })?;
-    let label = request.label.trim().to_owned();
-    if label.chars().count() > MAX_NAME_CHARS {
-        return Err(Problem::bad_request(
-            "invalid_label",
-            format!("a label is at most {MAX_NAME_CHARS} characters"),
-        ));
-    }
+    let CreateTokenRequest {
+        scope,
+        label,
+        reason,
+    } = bodies::create_token_request(&read_body(body)?)?;
     let (secret, command) = new_admin_token(&state.hasher, scope, &label);
     let Command::CreateToken { token, .. } = &command else {
         unreachable!("new_admin_token makes a CreateToken command");
     };
     let id = *token;
-    correct(&state, admin, command, request.reason).await?;
+    correct(&state, admin, command, reason).await?;
     Ok(created(json!({
         "id": id.to_hex(),
         "scope": scope.name(),
@@ -756,7 +623,7 @@ async fn revoke_token(
             "an admin token id is 16 hexadecimal characters",
         )
     })?;
-    let request: ReasonRequest = json_body(body, None)?;
-    let outcome = correct(&state, admin, Command::RevokeToken(id), request.reason).await?;
+    let reason = bodies::reason_request(&read_body(body)?)?;
+    let outcome = correct(&state, admin, Command::RevokeToken(id), reason).await?;
     Ok(ok(json!({ "changed": outcome.changed, "revoked": true })))
 }

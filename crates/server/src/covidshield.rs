@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use confidant_core::codes::normalize_code;
-use confidant_core::rules::{self, KeyProblem, MAX_KEYS_PER_REQUEST, RawKey};
+use confidant_core::rules::{self, KeyProblem};
 use confidant_core::{
     ClaimId, CodeFormat, Credential, DomainError, Key32, OneTimeCode, TrackingId,
 };
@@ -26,18 +26,18 @@ use prost::Message;
 use rand_core::{OsRng, RngCore};
 
 use crate::AppState;
+use crate::bodies::{self, SealedUpload};
 use crate::lockout::Standing;
 
 const CLAIM_BODY_LIMIT: usize = 256;
 const UPLOAD_BODY_LIMIT: usize = 1024;
-const TIMESTAMP_TOLERANCE_SECONDS: u64 = 3600;
 
 /// Wire messages of `../shared/proto/covidshield.proto`, shared with `confidant-client`.
 pub use confidant_core::covidshield_wire as proto;
 
 /// `KeyClaimResponse.ErrorCode`.
-#[derive(Clone, Copy)]
-enum ClaimError {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimError {
     None = 0,
     Unknown = 1,
     InvalidOneTimeCode = 2,
@@ -222,20 +222,13 @@ async fn claim_key(
             None,
         );
     }
-    let request = body
-        .ok()
-        .and_then(|b| proto::KeyClaimRequest::decode(b).ok())
-        .and_then(|r| Some((r.one_time_code?, r.app_public_key?)));
-    let Some((code, app_key)) = request else {
-        return claim_response(StatusCode::BAD_REQUEST, ClaimError::Unknown, standing, None);
+    let request = match body {
+        Ok(body) => bodies::claim_request(&body),
+        Err(_) => Err(ClaimError::Unknown),
     };
-    let Ok(app_key) = <[u8; 32]>::try_from(app_key.as_slice()).map(Key32) else {
-        return claim_response(
-            StatusCode::BAD_REQUEST,
-            ClaimError::InvalidKey,
-            standing,
-            None,
-        );
+    let (code, app_key) = match request {
+        Ok(request) => request,
+        Err(error) => return claim_response(StatusCode::BAD_REQUEST, error, standing, None),
     };
     match state.store.app_key_registered(app_key).await {
         Ok(false) => {}
@@ -348,21 +341,15 @@ async fn handle_upload(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(), UploadFailure> {
-    let request = body
-        .ok()
-        .and_then(|b| proto::EncryptedUploadRequest::decode(b).ok())
-        .ok_or(bad(UploadError::Unknown))?;
-    let (Some(server_key), Some(app_key), Some(nonce), Some(payload)) = (
-        request.server_public_key,
-        request.app_public_key,
-        request.nonce,
-        request.payload,
-    ) else {
-        return Err(bad(UploadError::Unknown));
-    };
-    let server_key = <[u8; 32]>::try_from(server_key.as_slice())
-        .map(Key32)
-        .map_err(|_| bad(UploadError::InvalidCryptoParameters))?;
+    let SealedUpload {
+        server_key,
+        app_key,
+        nonce,
+        payload,
+    } = body
+        .map_err(|_| UploadError::Unknown)
+        .and_then(|body| bodies::upload_request(&body))
+        .map_err(bad)?;
     let now = state.now();
     let unauthorized = (StatusCode::UNAUTHORIZED, UploadError::InvalidKeypair);
     let server_error = (StatusCode::INTERNAL_SERVER_ERROR, UploadError::ServerError);
@@ -388,29 +375,7 @@ async fn handle_upload(
     let plaintext = sealed
         .decrypt(&nonce.into(), payload.as_slice())
         .map_err(|_| bad(UploadError::DecryptionFailed))?;
-    let upload = proto::Upload::decode(plaintext.as_slice())
-        .map_err(|_| bad(UploadError::InvalidPayload))?;
-    let timestamp = upload.timestamp.ok_or(bad(UploadError::InvalidPayload))?;
-    if upload.keys.is_empty() {
-        return Err(bad(UploadError::NoKeysInPayload));
-    }
-    if upload.keys.len() > MAX_KEYS_PER_REQUEST {
-        return Err(bad(UploadError::TooManyKeys));
-    }
-    // The timestamp is the client's: compare without arithmetic that could overflow.
-    if timestamp.seconds.abs_diff(now as i64) > TIMESTAMP_TOLERANCE_SECONDS {
-        return Err(bad(UploadError::InvalidTimestamp));
-    }
-    let raw: Vec<RawKey> = upload
-        .keys
-        .into_iter()
-        .map(|k| RawKey {
-            key_data: k.key_data.unwrap_or_default(),
-            rolling_start: k.rolling_start_interval_number.map_or(0, i64::from),
-            rolling_period: k.rolling_period.map(i64::from),
-            transmission_risk: k.transmission_risk_level.map(i64::from),
-        })
-        .collect();
+    let raw = bodies::upload_payload(&plaintext, now).map_err(bad)?;
     let keys = rules::validate_keys(&raw, now).map_err(|e| {
         crate::observe::submission_rejected("covidshield", &e, raw.len());
         bad(upload_error(&e))

@@ -2,6 +2,7 @@
 //! covers PostgreSQL): phones broadcast and listen, upload through both APIs, download the
 //! feed and the exports, survive restarts, refuse tampered files and see withdrawals.
 
+mod fuzz_corpus;
 mod resilience;
 mod round_trip;
 mod withdrawal;

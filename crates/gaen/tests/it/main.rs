@@ -1,6 +1,7 @@
 //! Integration tests for `gaen`: official vectors, real exports, round trips, matching.
 
 mod fixtures;
+mod fuzz_corpus;
 mod matching;
 mod roundtrip;
 mod vectors;

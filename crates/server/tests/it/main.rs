@@ -3,6 +3,7 @@
 mod admin;
 mod chaff;
 mod covidshield;
+mod fuzz_corpus;
 mod native;
 mod publication;
 

@@ -1,0 +1,3 @@
+//! Integration tests for `confidant-core`: the fuzz corpora replayed on stable.
+
+mod fuzz_corpus;

@@ -1,0 +1,439 @@
+//! Request bodies as the server parses them: the native and admin APIs' JSON (errors are a
+//! [`Problem`]) and COVID Shield's protobuf (errors are its own codes). Pure (no state, no
+//! I/O), so the handlers and the fuzz targets in `fuzz/` run exactly the same code.
+//!
+//! Only what a handler checked before touching state lives here: anything that depends on
+//! the store, the lockout or chaff stays in the handler, in its original order.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use confidant_core::corrections::Scope;
+use confidant_core::covidshield_wire as proto;
+use confidant_core::rules::{MAX_KEYS_PER_REQUEST, RawKey};
+use confidant_core::{CodeFormat, Key32, KeyData, Region};
+use prost::Message;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub use crate::covidshield::{ClaimError, UploadError};
+use crate::problem::Problem;
+
+/// How far a COVID Shield upload's timestamp may be from the server's clock.
+const TIMESTAMP_TOLERANCE_SECONDS: u64 = 3600;
+
+/// Most keys in one de-registration.
+pub const MAX_DEREGISTER_KEYS: usize = 1000;
+/// Longest provider name and token label.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Parses a JSON body; an empty one is `empty` when given.
+pub fn json<T: DeserializeOwned>(body: &[u8], empty: Option<T>) -> Result<T, Problem> {
+    if body.is_empty()
+        && let Some(default) = empty
+    {
+        return Ok(default);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Problem::bad_request(
+            "malformed_json",
+            format!("the request body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+/// `POST /v1/codes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeRequest {
+    pub format: CodeFormat,
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CodeJson {
+    format: Option<String>,
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /v1/codes`: an empty body asks for a short code with the provider's lifetime.
+pub fn code_request(body: &[u8]) -> Result<CodeRequest, Problem> {
+    let request: CodeJson = json(body, Some(CodeJson::default()))?;
+    let format = match request.format.as_deref() {
+        None => CodeFormat::Short,
+        Some(name) => CodeFormat::parse(name).ok_or_else(|| {
+            Problem::bad_request(
+                "unknown_code_format",
+                format!("format must be short, long or card; got {name:?}"),
+            )
+        })?,
+    };
+    Ok(CodeRequest {
+        format,
+        ttl_seconds: request.ttl_seconds,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyJson {
+    code: String,
+}
+
+/// `POST /v1/verify`: the code as typed. It is normalised only after the chaff check, since a
+/// chaff request is answered whatever its code.
+pub fn verify_request(body: &[u8]) -> Result<String, Problem> {
+    json::<VerifyJson>(body, None).map(|request| request.code)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SubmissionJson {
+    keys: Vec<KeyJson>,
+    /// Random filler so uploads of different sizes look alike on the wire; ignored.
+    #[serde(default)]
+    #[allow(dead_code)]
+    padding: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KeyJson {
+    key: String,
+    rolling_start_number: i64,
+    rolling_period: Option<i64>,
+    transmission_risk: Option<i64>,
+}
+
+/// `POST /v1/submissions`: the keys as sent, for `rules::validate_keys`.
+pub fn submission_request(body: &[u8]) -> Result<Vec<RawKey>, Problem> {
+    let request: SubmissionJson = json(body, None)?;
+    request
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(index, k)| {
+            Ok(RawKey {
+                key_data: STANDARD.decode(&k.key).map_err(|_| {
+                    Problem::bad_request(
+                        "invalid_key",
+                        format!("key #{index}: `key` must be base64 (16 bytes)"),
+                    )
+                    .with("keyIndex", index)
+                })?,
+                rolling_start: k.rolling_start_number,
+                rolling_period: k.rolling_period,
+                transmission_risk: k.transmission_risk,
+            })
+        })
+        .collect()
+}
+
+/// A mutation's body when all it needs is the reason.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonJson {
+    #[serde(default)]
+    reason: String,
+}
+
+/// Admin mutations that take only a reason: the reason (empty when not given).
+pub fn reason_request(body: &[u8]) -> Result<String, Problem> {
+    json::<ReasonJson>(body, None).map(|request| request.reason)
+}
+
+/// `POST /admin/v1/providers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisterRequest {
+    /// Trimmed, 1 to [`MAX_NAME_CHARS`] characters.
+    pub name: String,
+    pub region: Region,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterJson {
+    name: String,
+    region: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub fn register_request(body: &[u8]) -> Result<RegisterRequest, Problem> {
+    let request: RegisterJson = json(body, None)?;
+    let name = request.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(Problem::bad_request(
+            "invalid_name",
+            format!("a provider name is 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    let region = Region::try_from(request.region)
+        .map_err(|why| Problem::bad_request("invalid_region", why))?;
+    Ok(RegisterRequest {
+        name,
+        region,
+        reason: request.reason,
+    })
+}
+
+/// A point in time as RFC 3339 or unix seconds (a number or a string of digits).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Since {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Since {
+    fn unix_seconds(&self) -> Result<u64, Problem> {
+        let malformed = || {
+            Problem::bad_request(
+                "malformed_since",
+                "`since` is an RFC 3339 time (e.g. 2027-01-15T08:00:00Z) or unix seconds",
+            )
+        };
+        match self {
+            Since::Seconds(seconds) => Ok(*seconds),
+            Since::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                text.parse().map_err(|_| malformed())
+            }
+            Since::Text(text) => OffsetDateTime::parse(text, &Rfc3339)
+                .ok()
+                .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+                .ok_or_else(malformed),
+        }
+    }
+}
+
+/// `POST /admin/v1/providers/{id}/revoke`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokeRequest {
+    /// `None`: keep what was submitted; `Some(hour)`: withdraw submissions from that UTC hour
+    /// (unix seconds / 3600) on.
+    pub withdraw_since_hour: Option<u64>,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeJson {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    retroactive: bool,
+    since: Option<Since>,
+}
+
+pub fn revoke_request(body: &[u8]) -> Result<RevokeRequest, Problem> {
+    let request: RevokeJson = json(body, None)?;
+    let withdraw_since_hour = match (request.retroactive, &request.since) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(Problem::bad_request(
+                "since_without_retroactive",
+                "`since` only applies to a retroactive revocation: add \"retroactive\": true",
+            ));
+        }
+        (true, None) => Some(0),
+        (true, Some(since)) => Some(since.unix_seconds()? / 3600),
+    };
+    Ok(RevokeRequest {
+        withdraw_since_hour,
+        reason: request.reason,
+    })
+}
+
+/// `POST /admin/v1/keys/deregister`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeregisterRequest {
+    /// 1 to [`MAX_DEREGISTER_KEYS`].
+    pub keys: Vec<KeyData>,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeregisterJson {
+    keys: Vec<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+pub fn deregister_request(body: &[u8]) -> Result<DeregisterRequest, Problem> {
+    let request: DeregisterJson = json(body, None)?;
+    if request.keys.is_empty() || request.keys.len() > MAX_DEREGISTER_KEYS {
+        return Err(Problem::bad_request(
+            "invalid_key_count",
+            format!(
+                "send 1 to {MAX_DEREGISTER_KEYS} keys per request; got {}",
+                request.keys.len()
+            ),
+        ));
+    }
+    let keys = request
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            STANDARD
+                .decode(text)
+                .ok()
+                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
+                .map(KeyData)
+                .ok_or_else(|| {
+                    Problem::bad_request(
+                        "invalid_key",
+                        format!("key #{index} is not 16 bytes in base64"),
+                    )
+                    .with("keyIndex", index)
+                })
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(DeregisterRequest {
+        keys,
+        reason: request.reason,
+    })
+}
+
+/// `POST /admin/v1/codes/invalidate`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidateCodeRequest {
+    /// Normalised (`codes::normalize_code`), ready to hash.
+    pub code: String,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateCodeJson {
+    code: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub fn invalidate_code_request(body: &[u8]) -> Result<InvalidateCodeRequest, Problem> {
+    let request: InvalidateCodeJson = json(body, None)?;
+    let code = confidant_core::codes::normalize_code(&request.code)
+        .map_err(|why| Problem::bad_request("malformed_code", why))?;
+    Ok(InvalidateCodeRequest {
+        code,
+        reason: request.reason,
+    })
+}
+
+/// `POST /admin/v1/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateTokenRequest {
+    pub scope: Scope,
+    /// Trimmed, at most [`MAX_NAME_CHARS`] characters.
+    pub label: String,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTokenJson {
+    scope: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub fn create_token_request(body: &[u8]) -> Result<CreateTokenRequest, Problem> {
+    let request: CreateTokenJson = json(body, None)?;
+    let scope = Scope::parse(&request.scope).ok_or_else(|| {
+        Problem::bad_request(
+            "invalid_scope",
+            format!("scope is read, operate or admin; got {:?}", request.scope),
+        )
+    })?;
+    let label = request.label.trim().to_owned();
+    if label.chars().count() > MAX_NAME_CHARS {
+        return Err(Problem::bad_request(
+            "invalid_label",
+            format!("a label is at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(CreateTokenRequest {
+        scope,
+        label,
+        reason: request.reason,
+    })
+}
+
+/// `POST /claim-key` (COVID Shield): the one-time code as typed and the app's public key.
+pub fn claim_request(body: &[u8]) -> Result<(String, Key32), ClaimError> {
+    let request = proto::KeyClaimRequest::decode(body).map_err(|_| ClaimError::Unknown)?;
+    let (Some(code), Some(app_key)) = (request.one_time_code, request.app_public_key) else {
+        return Err(ClaimError::Unknown);
+    };
+    let app_key = <[u8; 32]>::try_from(app_key.as_slice())
+        .map(Key32)
+        .map_err(|_| ClaimError::InvalidKey)?;
+    Ok((code, app_key))
+}
+
+/// `POST /upload` (COVID Shield) before the claim is looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedUpload {
+    pub server_key: Key32,
+    /// Length-checked only after the claim lookup, as COVID Shield orders its checks.
+    pub app_key: Vec<u8>,
+    /// Likewise.
+    pub nonce: Vec<u8>,
+    /// A NaCl box of an `Upload`.
+    pub payload: Vec<u8>,
+}
+
+/// `POST /upload`: every field present and a 32-byte server key.
+pub fn upload_request(body: &[u8]) -> Result<SealedUpload, UploadError> {
+    let request = proto::EncryptedUploadRequest::decode(body).map_err(|_| UploadError::Unknown)?;
+    let (Some(server_key), Some(app_key), Some(nonce), Some(payload)) = (
+        request.server_public_key,
+        request.app_public_key,
+        request.nonce,
+        request.payload,
+    ) else {
+        return Err(UploadError::Unknown);
+    };
+    let server_key = <[u8; 32]>::try_from(server_key.as_slice())
+        .map(Key32)
+        .map_err(|_| UploadError::InvalidCryptoParameters)?;
+    Ok(SealedUpload {
+        server_key,
+        app_key,
+        nonce,
+        payload,
+    })
+}
+
+/// The decrypted `Upload` of `POST /upload`: the keys as sent, for `rules::validate_keys`,
+/// once the payload's shape and timestamp (within an hour of `now`) are right.
+pub fn upload_payload(plaintext: &[u8], now: u64) -> Result<Vec<RawKey>, UploadError> {
+    let upload = proto::Upload::decode(plaintext).map_err(|_| UploadError::InvalidPayload)?;
+    let timestamp = upload.timestamp.ok_or(UploadError::InvalidPayload)?;
+    if upload.keys.is_empty() {
+        return Err(UploadError::NoKeysInPayload);
+    }
+    if upload.keys.len() > MAX_KEYS_PER_REQUEST {
+        return Err(UploadError::TooManyKeys);
+    }
+    // The timestamp is the client's: compare without arithmetic that could overflow.
+    if timestamp.seconds.abs_diff(now as i64) > TIMESTAMP_TOLERANCE_SECONDS {
+        return Err(UploadError::InvalidTimestamp);
+    }
+    Ok(upload
+        .keys
+        .into_iter()
+        .map(|k| RawKey {
+            key_data: k.key_data.unwrap_or_default(),
+            rolling_start: k.rolling_start_interval_number.map_or(0, i64::from),
+            rolling_period: k.rolling_period.map(i64::from),
+            transmission_risk: k.transmission_risk_level.map(i64::from),
+        })
+        .collect())
+}
