@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// balancer that sets it: otherwise clients choose their own address [default: false]
     #[arg(long, env = "CONFIDANT_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: Option<bool>,
+    /// Wrong codes per hour, across all clients, after which code redemption pauses until
+    /// the hour has passed (see SECURITY.md for the guessing odds) [default: 300]
+    #[arg(long, env = "CONFIDANT_MAX_WRONG_CODES_PER_HOUR")]
+    pub max_wrong_codes_per_hour: Option<u32>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "CONFIDANT_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -99,6 +103,7 @@ struct FileSettings {
     long_code_ttl: Option<u64>,
     card_code_ttl: Option<u64>,
     trust_forwarded_for: Option<bool>,
+    max_wrong_codes_per_hour: Option<u32>,
     log_format: Option<String>,
     publish_to: Option<String>,
     signing_key: Option<PathBuf>,
@@ -233,6 +238,7 @@ pub struct ServeSettings {
     pub max_batch: usize,
     pub policy: CodePolicy,
     pub trust_forwarded_for: bool,
+    pub max_wrong_codes_per_hour: u32,
     pub json_logs: bool,
 }
 
@@ -415,6 +421,14 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
             .trust_forwarded_for
             .or(file.trust_forwarded_for)
             .unwrap_or(false),
+        max_wrong_codes_per_hour: match args
+            .max_wrong_codes_per_hour
+            .or(file.max_wrong_codes_per_hour)
+        {
+            Some(0) => bail!("max_wrong_codes_per_hour must be at least 1"),
+            Some(n) => n,
+            None => confidant_server::DEFAULT_MAX_WRONG_CODES_PER_HOUR,
+        },
         json_logs: log_format == "json",
     })
 }

@@ -8,6 +8,7 @@
 //! their commits) finish. Tests bind `127.0.0.1:0` and use exactly this wiring.
 
 mod admin;
+pub mod bodies;
 mod chaff;
 pub mod clock;
 mod covidshield;
@@ -34,7 +35,9 @@ use tokio::net::TcpListener;
 pub use admin::new_admin_token;
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use files::{FileStore, ServeCache};
+pub use lockout::DEFAULT_MAX_WRONG_CODES_PER_HOUR;
 use lockout::Lockout;
+pub use problem::Problem;
 pub use publisher::{PublishSettings, Publisher, RegionSettings, RunReport};
 
 #[derive(Clone)]
@@ -91,6 +94,8 @@ pub struct ServerSettings {
     pub dev_clock: Option<OffsetClock>,
     /// Bytes of immutable files kept in memory for serving.
     pub serve_cache_bytes: usize,
+    /// Wrong codes per hour, across all clients, after which redemption pauses.
+    pub max_wrong_codes_per_hour: u32,
 }
 
 impl ServerSettings {
@@ -107,6 +112,7 @@ impl ServerSettings {
             publish_every: None,
             dev_clock: None,
             serve_cache_bytes: 64 << 20,
+            max_wrong_codes_per_hour: lockout::DEFAULT_MAX_WRONG_CODES_PER_HOUR,
         }
     }
 }
@@ -136,7 +142,7 @@ impl App {
         let state = AppState {
             store,
             hasher: KeyedHasher::new(&settings.secret),
-            lockout: Arc::new(Lockout::new()),
+            lockout: Arc::new(Lockout::new(settings.max_wrong_codes_per_hour)),
             clock: clock.clone(),
             policy: settings.policy,
             trust_forwarded_for: settings.trust_forwarded_for,

@@ -16,19 +16,18 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use confidant_core::codes::normalize_code;
-use confidant_core::rules::{self, CLAIM_LIFETIME_SECONDS, KEY_BUDGET, RawKey};
-use confidant_core::{ClaimId, CodeFormat, Credential, DomainError, OneTimeCode, TrackingId};
+use confidant_core::rules::{self, CLAIM_LIFETIME_SECONDS, KEY_BUDGET};
+use confidant_core::{ClaimId, Credential, DomainError, OneTimeCode, TrackingId};
 use confidant_store::{ClaimLookup, StoreError};
 use rand_core::{OsRng, RngCore};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::AppState;
+use crate::bodies::{self, CodeRequest};
 use crate::chaff::{self, Endpoint, padded_json};
 use crate::problem::Problem;
 
@@ -62,29 +61,15 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty() && t.len() <= 256)
 }
 
-/// Parses a JSON body, turning every failure into a specific problem.
-pub(crate) fn json_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    empty: Option<T>,
-) -> Result<T, Problem> {
-    let body = body.map_err(|rejection| {
+/// The body, or a problem when it could not be read (too large); parsing is `bodies`'.
+pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
+    body.map_err(|rejection| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!(
                 "the request body could not be read ({rejection}); the limit is {BODY_LIMIT} bytes"
             ),
-        )
-    })?;
-    if body.is_empty()
-        && let Some(default) = empty
-    {
-        return Ok(default);
-    }
-    serde_json::from_slice(&body).map_err(|e| {
-        Problem::bad_request(
-            "malformed_json",
-            format!("the request body is not the expected JSON: {e}"),
         )
     })
 }
@@ -93,13 +78,6 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     OsRng.fill_bytes(&mut bytes);
     bytes
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CodeRequest {
-    format: Option<String>,
-    ttl_seconds: Option<u64>,
 }
 
 async fn issue_code(
@@ -114,16 +92,10 @@ async fn issue_code(
             "send the provider's API token as `Authorization: Bearer …`",
         )
     })?;
-    let request: CodeRequest = json_body(body, Some(CodeRequest::default()))?;
-    let format = match request.format.as_deref() {
-        None => CodeFormat::Short,
-        Some(name) => CodeFormat::parse(name).ok_or_else(|| {
-            Problem::bad_request(
-                "unknown_code_format",
-                format!("format must be short, long or card; got {name:?}"),
-            )
-        })?,
-    };
+    let CodeRequest {
+        format,
+        ttl_seconds,
+    } = bodies::code_request(&read_body(body)?)?;
     let token_hash = state.hasher.token(token);
     // A fresh code can collide with a live one (short codes are only 10^8): draw again.
     for _ in 0..5 {
@@ -134,7 +106,7 @@ async fn issue_code(
             .issue_code(
                 token_hash,
                 format,
-                request.ttl_seconds,
+                ttl_seconds,
                 state.policy,
                 state.hasher.code(&normalized),
                 state.now(),
@@ -152,12 +124,6 @@ async fn issue_code(
     Err(StoreError::Unavailable("could not draw an unused code".into()).into())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyRequest {
-    code: String,
-}
-
 async fn verify(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -165,7 +131,7 @@ async fn verify(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let started = std::time::Instant::now();
-    let request: VerifyRequest = json_body(body, None)?;
+    let code = bodies::verify_request(&read_body(body)?)?;
     let now = state.now();
     if chaff::is_chaff(&headers) {
         // Whatever the code: no lookup, no lockout, nothing stored.
@@ -180,14 +146,22 @@ async fn verify(
     }
     let address = state.hasher.address(&state.client_address(peer, &headers));
     let normalized =
-        normalize_code(&request.code).map_err(|why| Problem::bad_request("malformed_code", why))?;
+        normalize_code(&code).map_err(|why| Problem::bad_request("malformed_code", why))?;
     let attempt = state.lockout.begin(address, now).map_err(|standing| {
-        Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            "too many wrong codes from this address; try again later",
-        )
-        .retry_after(standing.banned_for.max(1))
+        let problem = match standing.paused_globally {
+            true => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "redemption_paused",
+                "too many wrong codes are being tried across all clients; redemption is \
+                 paused, try again later",
+            ),
+            false => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many wrong codes from this address; try again later",
+            ),
+        };
+        problem.retry_after(standing.banned_for.max(1))
     })?;
     let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let credential = Credential::UploadToken {
@@ -221,25 +195,6 @@ async fn verify(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SubmissionRequest {
-    keys: Vec<KeyJson>,
-    /// Random filler so uploads of different sizes look alike on the wire; ignored.
-    #[serde(default)]
-    #[allow(dead_code)]
-    padding: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct KeyJson {
-    key: String,
-    rolling_start_number: i64,
-    rolling_period: Option<i64>,
-    transmission_risk: Option<i64>,
-}
-
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -253,27 +208,8 @@ async fn submit(
             "send the upload token from /v1/verify as `Authorization: Bearer …`",
         )
     })?;
-    let request: SubmissionRequest = json_body(body, None)?;
+    let raw = bodies::submission_request(&read_body(body)?)?;
     let chaff = chaff::is_chaff(&headers);
-    let raw = request
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(index, k)| {
-            Ok(RawKey {
-                key_data: STANDARD.decode(&k.key).map_err(|_| {
-                    Problem::bad_request(
-                        "invalid_key",
-                        format!("key #{index}: `key` must be base64 (16 bytes)"),
-                    )
-                    .with("keyIndex", index)
-                })?,
-                rolling_start: k.rolling_start_number,
-                rolling_period: k.rolling_period,
-                transmission_risk: k.transmission_risk,
-            })
-        })
-        .collect::<Result<Vec<_>, Problem>>()?;
     let now = state.now();
     let keys = rules::validate_keys(&raw, now).inspect_err(|e| {
         if !chaff {

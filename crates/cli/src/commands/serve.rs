@@ -69,6 +69,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 publish_every: Some(Duration::from_secs(settings.publish_every)),
                 dev_clock,
                 serve_cache_bytes: 256 << 20,
+                max_wrong_codes_per_hour: settings.max_wrong_codes_per_hour,
             },
             clock,
         )

@@ -360,6 +360,47 @@ async fn wrong_codes_from_one_address_are_throttled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_from_many_addresses_pause_redemption_for_an_hour() {
+    let db = TestDatabase::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start_with(&db, ManualClock::new(T0), dir.path(), |settings| {
+        settings.max_wrong_codes_per_hour = 5;
+    })
+    .await;
+    let code = server.code("long").await;
+    let attempt = |address: String, code: String| {
+        let request = server
+            .http
+            .post(server.url("/v1/verify"))
+            .header("x-forwarded-for", address)
+            .json(&json!({"code": code}));
+        async move { request.send().await.expect("request") }
+    };
+    // Five addresses, one wrong guess each, a minute apart: none is banned on its own.
+    for n in 0..5 {
+        let response = attempt(format!("198.51.100.{n}"), "00000000".into()).await;
+        assert_eq!(response.status(), 401);
+        server.clock.advance(60);
+    }
+    // The ceiling holds for everyone, even a fresh address with the right code.
+    let response = attempt("203.0.113.7".into(), code.clone()).await;
+    assert_eq!(response.status(), 429);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert_eq!(retry, 3600 - 5 * 60, "until the first guess is an hour old");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["code"], "redemption_paused");
+    // The pause expires with the hour: the code still works.
+    server.clock.advance(retry);
+    assert_eq!(attempt("203.0.113.7".into(), code).await.status(), 200);
+    server.stop().await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_reports_survive_a_restart() {
     for dialect in BOTH {
         let db = TestDatabase::create(dialect).await;
