@@ -201,6 +201,48 @@ impl NativeApi {
         token: &UploadToken,
         keys: &[DiagnosisKey],
     ) -> Result<Receipt, ClientError> {
+        let (request, url) = self.submission(&token.token, keys);
+        self.call(request, &url).await
+    }
+
+    /// Chaff: a code redemption and an upload of `key_count` random keys of the days before
+    /// `now`, shaped like real ones and marked `X-Chaff: 1`. The server answers like a real
+    /// success and stores nothing. Apps send this at random times, so that a network observer
+    /// cannot tell which phone reports a diagnosis.
+    pub async fn send_chaff(&self, key_count: usize, now: u64) -> Result<(), ClientError> {
+        let code = format!("{:08}", OsRng.next_u32() % 100_000_000);
+        let url = format!("{}/v1/verify", self.base_url);
+        let request = self
+            .client
+            .post(&url)
+            .header("X-Chaff", "1")
+            .json(&json!({"code": code}));
+        let _: serde_json::Value = self.call(request, &url).await?;
+        let today = gaen::IntervalNumber::containing(now).day_start().get();
+        // Whole days before today, as an app uploads after a diagnosis.
+        let keys: Vec<DiagnosisKey> = (1..=key_count.min(14) as u32)
+            .filter_map(|days_ago| {
+                let mut tek = [0u8; 16];
+                OsRng.fill_bytes(&mut tek);
+                Some(DiagnosisKey {
+                    tek: gaen::Tek(tek),
+                    rolling_start: gaen::IntervalNumber::new(today.checked_sub(days_ago * 144)?),
+                    rolling_period: gaen::RollingPeriod::FULL_DAY,
+                    transmission_risk: gaen::TransmissionRisk::new(4).ok(),
+                    report_type: None,
+                    days_since_onset: None,
+                    variant_of_concern: None,
+                })
+            })
+            .collect();
+        let mut token = [0u8; 32];
+        OsRng.fill_bytes(&mut token);
+        let (request, url) = self.submission(&URL_SAFE_NO_PAD.encode(token), &keys);
+        let _: serde_json::Value = self.call(request.header("X-Chaff", "1"), &url).await?;
+        Ok(())
+    }
+
+    fn submission(&self, token: &str, keys: &[DiagnosisKey]) -> (reqwest::RequestBuilder, String) {
         let keys_json: Vec<serde_json::Value> = keys
             .iter()
             .map(|key| {
@@ -217,8 +259,7 @@ impl NativeApi {
             .collect();
         let url = format!("{}/v1/submissions", self.base_url);
         let body = json!({"keys": keys_json, "padding": padding(keys.len())});
-        let request = self.client.post(&url).bearer_auth(&token.token).json(&body);
-        self.call(request, &url).await
+        (self.client.post(&url).bearer_auth(token).json(&body), url)
     }
 
     /// Where a submission stands (accepted, published or withdrawn).

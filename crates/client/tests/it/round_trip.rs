@@ -220,3 +220,24 @@ async fn a_covid_shield_upload_reaches_the_phone_that_met_its_owner() {
     server.stop().await;
     db.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaff_is_accepted_like_a_report_and_leaves_no_trace() {
+    let db = TestDatabase::sqlite();
+    let published = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start(&db, ManualClock::new(T0), published.path()).await;
+    let before = server.store.events().await.expect("events").len();
+    let app = NativeApi::new(&server.url).expect("url");
+    for key_count in [1, 7, 14] {
+        app.send_chaff(key_count, T0)
+            .await
+            .expect("chaff is answered");
+    }
+    assert_eq!(
+        server.store.events().await.expect("events").len(),
+        before,
+        "nothing stored"
+    );
+    server.stop().await;
+    db.finish().await;
+}
