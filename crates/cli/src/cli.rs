@@ -479,6 +479,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },
+    /// Kill the server with SIGKILL at random moments under concurrent uploads, restart it,
+    /// and check that no acknowledged report was lost and none was half stored
+    Crash {
+        /// Kills (and restarts) of the server
+        #[arg(long, default_value_t = 50)]
+        kills: usize,
+        /// Concurrent apps uploading
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// A PostgreSQL database to run against (default: SQLite in a temporary directory)
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// A shell command that restarts PostgreSQL, run once mid-load, e.g.
+        /// "pg_ctlcluster 15 main restart"
+        #[arg(long, value_name = "COMMAND", requires = "database_url")]
+        restart_postgres: Option<String>,
+    },
     /// Import a generated log of submissions (14 keys each) into a fresh store, then time
     /// `rebuild` twice: events/s, keys/s, peak memory, and that both give the same digest
     Rebuild {

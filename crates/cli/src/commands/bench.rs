@@ -40,6 +40,25 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Publish { keys } => {
             super::runtime()?.block_on(super::bench_publish::run(keys))
         }
+        BenchCommand::Crash {
+            kills,
+            clients,
+            database_url,
+            restart_postgres,
+        } => {
+            let held = super::runtime()?.block_on(super::bench_crash::run(
+                super::bench_crash::CrashOptions {
+                    kills,
+                    clients,
+                    database_url,
+                    restart_postgres,
+                },
+            ))?;
+            if !held {
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(())
+        }
         BenchCommand::Rebuild {
             submissions,
             database_url,

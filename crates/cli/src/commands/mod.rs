@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_crash;
 mod bench_publish;
 mod bench_rebuild;
 mod bench_submit;

@@ -1,6 +1,7 @@
 //! Integration tests for the `confidant` binary: real files on disk, real processes.
 
 mod admin;
+mod crash;
 mod errors;
 mod export;
 mod feed;
