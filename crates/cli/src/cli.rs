@@ -479,6 +479,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         keys: usize,
     },
+    /// A mixed load for a fixed time against a server process: codes, redemptions, uploads
+    /// and downloads; throughput, p50/p99/p99.9 latency, errors, and the server's memory
+    Load {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Apps redeeming codes and uploading
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Phones downloading the feed and the exports from scratch, over and over
+        #[arg(long, default_value_t = 8)]
+        downloaders: usize,
+        /// A PostgreSQL database to run against (default: SQLite in a temporary directory)
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
     /// Kill the server with SIGKILL at random moments under concurrent uploads, restart it,
     /// and check that no acknowledged report was lost and none was half stored
     Crash {

@@ -40,6 +40,25 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Publish { keys } => {
             super::runtime()?.block_on(super::bench_publish::run(keys))
         }
+        BenchCommand::Load {
+            seconds,
+            clients,
+            downloaders,
+            database_url,
+        } => {
+            let clean = super::runtime()?.block_on(super::bench_load::run(
+                super::bench_load::LoadOptions {
+                    seconds,
+                    clients,
+                    downloaders,
+                    database_url,
+                },
+            ))?;
+            if !clean {
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(())
+        }
         BenchCommand::Crash {
             kills,
             clients,

@@ -264,7 +264,7 @@ fn count_refusal(load: &Load, error: &ClientError) {
     }
 }
 
-fn fourteen_keys() -> Vec<DiagnosisKey> {
+pub(crate) fn fourteen_keys() -> Vec<DiagnosisKey> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -315,19 +315,20 @@ async fn wait_for_progress(load: &Load, from: u64, limit: Duration) -> Result<()
     Ok(())
 }
 
-/// The server's files and how to start it.
-struct Harness {
+/// A `confidant serve` child process's files, and how to start it. Shared with
+/// `bench load`.
+pub(crate) struct Harness {
     exe: PathBuf,
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     database_url: String,
     explicit_database: Option<String>,
     listen: String,
-    url: String,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
 impl Harness {
-    fn new(scratch: &Path, database_url: Option<String>) -> Result<Self> {
+    pub(crate) fn new(scratch: &Path, database_url: Option<String>) -> Result<Self> {
         let data_dir = scratch.join("data");
         std::fs::create_dir_all(&data_dir)?;
         // A free port, reused by every start of the server.
@@ -356,7 +357,7 @@ impl Harness {
         command
     }
 
-    fn admin_token(&self) -> Result<String> {
+    pub(crate) fn admin_token(&self) -> Result<String> {
         let output = self
             .command(&["admin", "token", "create", "--scope", "admin"])
             .args(["--reason", "crash harness"])
@@ -373,7 +374,7 @@ impl Harness {
             .context("admin token create printed no token")
     }
 
-    fn start_server(&self) -> Result<Child> {
+    pub(crate) fn start_server(&self) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -386,7 +387,11 @@ impl Harness {
             .context("cannot start `confidant serve`")
     }
 
-    async fn wait_ready(&self, http: &reqwest::Client, server: &mut Child) -> Result<()> {
+    pub(crate) async fn wait_ready(
+        &self,
+        http: &reqwest::Client,
+        server: &mut Child,
+    ) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(response) = http.get(format!("{}/readyz", self.url)).send().await
@@ -409,7 +414,11 @@ impl Harness {
         }
     }
 
-    async fn register_provider(&self, http: &reqwest::Client, admin_token: &str) -> Result<String> {
+    pub(crate) async fn register_provider(
+        &self,
+        http: &reqwest::Client,
+        admin_token: &str,
+    ) -> Result<String> {
         let response = http
             .post(format!("{}/admin/v1/providers", self.url))
             .bearer_auth(admin_token)

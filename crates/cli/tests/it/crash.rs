@@ -1,5 +1,6 @@
-//! The crash harness, short: a few SIGKILLs of a real server under load, on both stores.
-//! `confidant bench crash` with its defaults (50 kills) is the long run.
+//! The crash harness and the load test, short: a few SIGKILLs of a real server under load on
+//! both stores, and a few seconds of mixed load.
+//! `confidant bench crash` and `confidant bench load` with their defaults are the long runs.
 
 use confidant_store::Dialect;
 use confidant_store::testing::TestDatabase;
@@ -31,5 +32,39 @@ async fn killed_servers_lose_no_acknowledged_report_on_either_store() {
             .expect("a count of acknowledged submissions");
         assert!(acknowledged > 0, "the load ran: {printed}");
         db.finish().await;
+    }
+}
+
+#[test]
+fn a_short_mixed_load_runs_without_errors() {
+    let output = confidant(&[
+        "bench",
+        "load",
+        "--seconds",
+        "3",
+        "--clients",
+        "4",
+        "--downloaders",
+        "2",
+    ]);
+    let printed = stdout(&output);
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("errors: 0"), "{printed}");
+    for operation in [
+        "issue code",
+        "redeem code",
+        "upload 14 keys",
+        "download feed",
+    ] {
+        let line = printed
+            .lines()
+            .find(|line| line.starts_with(operation))
+            .unwrap_or_else(|| panic!("no line for {operation}: {printed}"));
+        let count: u64 = line[operation.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a count");
+        assert!(count > 0, "{operation} ran: {printed}");
     }
 }
