@@ -40,10 +40,6 @@ pub struct Overlay {
     pub claim_by_app_key: BTreeSet<Key32>,
     /// How key rows are written.
     pub key_writes: KeyWrites,
-    /// Insert in chunks of a power of two rows only, so that a long run of write-backs (a
-    /// rebuild) reuses a dozen prepared statements per table, instead of preparing (and
-    /// caching) a large one for every row count.
-    pub power_of_two_chunks: bool,
 }
 
 /// How [`Overlay::write_statements`] writes key rows.
@@ -188,6 +184,26 @@ fn placeholders(rows: usize, columns: usize) -> String {
     out
 }
 
+/// The largest power of two at or below `n` (at least 1). Statements are built for row and
+/// list counts of powers of two only, so that the connections' statement caches hold a dozen
+/// shapes per statement instead of one per count: caching a multi-row statement of every
+/// count from 1 to 256 grew a busy server by hundreds of MiB.
+fn power_of_two_at_most(n: usize) -> usize {
+    1 << n.max(1).ilog2()
+}
+
+/// `$1, …, $n` for an `IN` list of `values`, padded with repeats of its last value to a power
+/// of two (a repeat changes nothing in an `IN` list).
+fn in_list(values: &[Value]) -> (String, Vec<Value>) {
+    let len = values.len().max(1).next_power_of_two().min(MAX_PARAMS);
+    let list: Vec<String> = (1..=len).map(|i| format!("${i}")).collect();
+    let mut params = values.to_vec();
+    if let Some(last) = values.last() {
+        params.resize(len, last.clone());
+    }
+    (list.join(", "), params)
+}
+
 /// `SELECT … WHERE column IN (…)` over `values`, in chunks.
 async fn select_in(
     conn: &mut Conn,
@@ -197,9 +213,9 @@ async fn select_in(
 ) -> Result<Vec<crate::db::Row>, sqlx::Error> {
     let mut rows = Vec::new();
     for chunk in values.chunks(MAX_PARAMS) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("{select} WHERE {column} IN ({})", list.join(", "));
-        rows.extend(conn.fetch_all(&sql, chunk).await?);
+        let (list, params) = in_list(chunk);
+        let sql = format!("{select} WHERE {column} IN ({list})");
+        rows.extend(conn.fetch_all(&sql, &params).await?);
     }
     Ok(rows)
 }
@@ -554,7 +570,6 @@ impl Overlay {
         let s = &self.state;
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "providers",
             Conflict::Update("id"),
             &["id", "name", "region", "token_hash", "suspended", "revoked"],
@@ -573,7 +588,6 @@ impl Overlay {
         );
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "codes",
             Conflict::Update("code_hash"),
             &["code_hash", "provider", "format", "expires_at", "redeemed"],
@@ -591,7 +605,6 @@ impl Overlay {
         );
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "claims",
             Conflict::Update("id"),
             &[
@@ -628,7 +641,6 @@ impl Overlay {
         );
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "submissions",
             Conflict::Update("id"),
             &[
@@ -660,7 +672,6 @@ impl Overlay {
         );
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "keys",
             match self.key_writes {
                 KeyWrites::Upsert => Conflict::Update("key_data"),
@@ -694,7 +705,6 @@ impl Overlay {
         );
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "cursors",
             Conflict::Update("region, stream"),
             &[
@@ -722,7 +732,6 @@ impl Overlay {
         );
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "files",
             Conflict::Update("path"),
             &[
@@ -745,7 +754,6 @@ impl Overlay {
         );
         upsert(
             &mut out,
-            self.power_of_two_chunks,
             "admin_tokens",
             Conflict::Update("id"),
             &["id", "token_hash", "scope", "label", "revoked"],
@@ -764,7 +772,6 @@ impl Overlay {
         if self.dirty_withdrawals {
             upsert(
                 &mut out,
-                self.power_of_two_chunks,
                 "counters",
                 Conflict::Update("name"),
                 &["name", "value"],
@@ -779,11 +786,10 @@ impl Overlay {
             .map(|h| h.0.into())
             .collect();
         for chunk in gone.chunks(MAX_PARAMS) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("DELETE FROM codes WHERE code_hash IN ({})", list.join(", "));
+            let (list, params) = in_list(chunk);
             out.push(Statement {
-                sql,
-                params: chunk.to_vec(),
+                sql: format!("DELETE FROM codes WHERE code_hash IN ({list})"),
+                params,
                 inserts: None,
             });
         }
@@ -804,7 +810,6 @@ enum Conflict<'a> {
 /// Multi-row inserts of `rows`, in chunks, appended to `out`.
 fn upsert(
     out: &mut Vec<Statement>,
-    power_of_two_chunks: bool,
     table: &str,
     conflict: Conflict<'_>,
     columns: &[&str],
@@ -828,11 +833,7 @@ fn upsert(
     let most = (MAX_PARAMS / columns.len()).max(1);
     let mut rest = rows.as_slice();
     while !rest.is_empty() {
-        let size = match power_of_two_chunks {
-            // The largest power of two that fits: 2048, 1024, …, 1.
-            true => 1 << rest.len().min(most).ilog2(),
-            false => rest.len().min(most),
-        };
+        let size = power_of_two_at_most(rest.len().min(most));
         let (chunk, after) = rest.split_at(size);
         rest = after;
         out.push(Statement {
@@ -849,7 +850,10 @@ fn upsert(
 
 /// Appends events in order, in chunks.
 pub async fn append_events(conn: &mut Conn, events: &[Event]) -> Result<(), sqlx::Error> {
-    for chunk in events.chunks(1000) {
+    let mut rest = events;
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(power_of_two_at_most(rest.len().min(1024)));
+        rest = after;
         let sql = format!(
             "INSERT INTO events (payload, key_hour, kind) VALUES {}",
             placeholders(chunk.len(), 3)

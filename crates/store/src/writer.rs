@@ -739,7 +739,6 @@ async fn replay_log(
             }
             create_indexes(conn, needed).await?;
             let mut overlay = Overlay::load(conn, wanted).await?;
-            overlay.power_of_two_chunks = true;
             if insert_keys {
                 overlay.key_writes = KeyWrites::Insert(dialect);
             }

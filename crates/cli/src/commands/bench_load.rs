@@ -208,6 +208,10 @@ fn report(operations: &[Operation], seconds: f64, rss: &[u64], peak: Option<u64>
             (late / early - 1.0) * 100.0,
             peak.map_or(f64::NAN, mib)
         );
+        let timeline: Vec<String> = (0..10)
+            .map(|i| format!("{:.0}", mib(rss[i * (rss.len() - 1) / 9])))
+            .collect();
+        out!("server memory over the run, MiB: {}", timeline.join(" "));
     } else if let Some(peak) = peak {
         out!("server memory: peak {:.0} MiB", mib(peak));
     }

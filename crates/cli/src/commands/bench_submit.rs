@@ -97,7 +97,11 @@ async fn run_once(
             .await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let files = FileStore::local(&scratch.join("published")).map_err(anyhow::Error::msg)?;
-        let settings = ServerSettings::new(secret, files, gaen::SigningKey::generate(&mut OsRng));
+        let mut settings =
+            ServerSettings::new(secret, files, gaen::SigningKey::generate(&mut OsRng));
+        // Each client stands for a phone with its own address: from one address, more than
+        // the brute-force limit's eight redemptions in flight are refused.
+        settings.trust_forwarded_for = true;
         let app = App::build(listener, store.clone(), settings, Arc::new(SystemClock)).await?;
         let base = format!("http://{}", app.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -150,7 +154,8 @@ async fn run_once(
         let latencies = Arc::new(Mutex::new(Vec::with_capacity(submissions)));
         let started = Instant::now();
         let workers: Vec<_> = (0..clients)
-            .map(|_| {
+            .map(|n| {
+                let address = format!("198.18.{}.{}", n / 250, n % 250 + 1);
                 let (http, base, codes, latencies) =
                     (http.clone(), base.clone(), codes.clone(), latencies.clone());
                 tokio::spawn(async move {
@@ -160,6 +165,7 @@ async fn run_once(
                         };
                         let verified: Value = http
                             .post(format!("{base}/v1/verify"))
+                            .header("x-forwarded-for", &address)
                             .json(&json!({"code": code}))
                             .send()
                             .await?
