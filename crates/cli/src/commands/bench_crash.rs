@@ -75,17 +75,7 @@ pub async fn run(options: CrashOptions) -> Result<bool> {
             let provider_token = harness.register_provider(&http, &admin_token).await?;
             let provider = ProviderApi::new(&harness.url, &provider_token)?;
             for n in 0..options.clients {
-                // Each app from its own address, as phones are: one address would soon
-                // have more redemptions in flight than the brute-force limit allows.
-                let mut headers = reqwest::header::HeaderMap::new();
-                headers.insert(
-                    "x-forwarded-for",
-                    format!("198.18.{}.{}", n / 250, n % 250 + 1).parse()?,
-                );
-                let http = reqwest::Client::builder()
-                    .default_headers(headers)
-                    .build()?;
-                let app = NativeApi::with_client(&harness.url, http)?;
+                let app = app_at_address(&harness.url, n)?;
                 clients.push(tokio::spawn(client(provider.clone(), app, load.clone())));
             }
         }
@@ -313,6 +303,22 @@ async fn wait_for_progress(load: &Load, from: u64, limit: Duration) -> Result<()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// The benchmark address of app `n`: phones have their own addresses, and from one address
+/// more than the brute-force limit's eight redemptions in flight are refused.
+pub(crate) fn app_address(n: usize) -> String {
+    format!("198.18.{}.{}", n / 250, n % 250 + 1)
+}
+
+/// The native API as app `n` (see [`app_address`]); the server trusts `X-Forwarded-For`.
+pub(crate) fn app_at_address(url: &str, n: usize) -> Result<NativeApi> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", app_address(n).parse()?);
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
+    Ok(NativeApi::with_client(url, http)?)
 }
 
 /// A `confidant serve` child process's files, and how to start it. Shared with

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use confidant_client::download::{ExportDownloader, ExportStream, FeedDownloader, HttpFetch};
-use confidant_client::upload::{NativeApi, ProviderApi};
+use confidant_client::upload::ProviderApi;
 use confidant_core::Region;
 use hdrhistogram::Histogram;
 
-use super::bench_crash::{Harness, fourteen_keys};
+use super::bench_crash::{Harness, app_at_address, fourteen_keys};
 
 pub struct LoadOptions {
     pub seconds: u64,
@@ -101,17 +101,7 @@ pub async fn run(options: LoadOptions) -> Result<bool> {
         let provider = ProviderApi::new(&harness.url, &provider_token)?;
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..options.clients {
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(
-                "x-forwarded-for",
-                format!("198.18.{}.{}", n / 250, n % 250 + 1).parse()?,
-            );
-            let app = NativeApi::with_client(
-                &harness.url,
-                reqwest::Client::builder()
-                    .default_headers(headers)
-                    .build()?,
-            )?;
+            let app = app_at_address(&harness.url, n)?;
             let (provider, operations) = (provider.clone(), operations.clone());
             tasks.spawn(async move {
                 while Instant::now() < deadline {

@@ -155,7 +155,7 @@ async fn run_once(
         let started = Instant::now();
         let workers: Vec<_> = (0..clients)
             .map(|n| {
-                let address = format!("198.18.{}.{}", n / 250, n % 250 + 1);
+                let address = super::bench_crash::app_address(n);
                 let (http, base, codes, latencies) =
                     (http.clone(), base.clone(), codes.clone(), latencies.clone());
                 tokio::spawn(async move {
