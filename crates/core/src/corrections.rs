@@ -208,10 +208,11 @@ pub fn decide(
     now: UnixSeconds,
     reason: &str,
 ) -> Result<(Outcome, Vec<Event>), DomainError> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+    // The limit counts what was sent, so a client can check it before sending.
+    if reason.chars().count() > MAX_REASON_CHARS || reason.trim().is_empty() {
         return Err(DomainError::ReasonRequired);
     }
+    let reason = reason.trim();
     let mut outcome = Outcome {
         changed: true,
         ..Outcome::default()

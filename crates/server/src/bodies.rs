@@ -28,12 +28,19 @@ pub const MAX_DEREGISTER_KEYS: usize = 1000;
 /// Longest provider name and token label.
 pub const MAX_NAME_CHARS: usize = 200;
 
-/// Parses a JSON body; an empty one is `empty` when given.
+/// Parses a JSON object body; an empty one is `empty` when given.
 pub fn json<T: DeserializeOwned>(body: &[u8], empty: Option<T>) -> Result<T, Problem> {
     if body.is_empty()
         && let Some(default) = empty
     {
         return Ok(default);
+    }
+    // serde would also read a struct from an array of its fields: only objects are asked for.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Problem::bad_request(
+            "malformed_json",
+            "the request body must be a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         Problem::bad_request(
@@ -81,8 +88,8 @@ struct VerifyJson {
     code: String,
 }
 
-/// `POST /v1/verify`: the code as typed. It is normalised only after the chaff check, since a
-/// chaff request is answered whatever its code.
+/// `POST /v1/verify`: the code as typed; the handler normalises it, and answers a malformed
+/// one with 400 whether or not the request is chaff.
 pub fn verify_request(body: &[u8]) -> Result<String, Problem> {
     json::<VerifyJson>(body, None).map(|request| request.code)
 }
@@ -146,7 +153,7 @@ pub fn reason_request(body: &[u8]) -> Result<String, Problem> {
 /// `POST /admin/v1/providers`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegisterRequest {
-    /// Trimmed, 1 to [`MAX_NAME_CHARS`] characters.
+    /// Trimmed, not empty; at most [`MAX_NAME_CHARS`] characters as sent.
     pub name: String,
     pub region: Region,
     pub reason: String,
@@ -164,7 +171,7 @@ struct RegisterJson {
 pub fn register_request(body: &[u8]) -> Result<RegisterRequest, Problem> {
     let request: RegisterJson = json(body, None)?;
     let name = request.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+    if name.is_empty() || request.name.chars().count() > MAX_NAME_CHARS {
         return Err(Problem::bad_request(
             "invalid_name",
             format!("a provider name is 1 to {MAX_NAME_CHARS} characters"),
@@ -178,6 +185,9 @@ pub fn register_request(body: &[u8]) -> Result<RegisterRequest, Problem> {
         reason: request.reason,
     })
 }
+
+/// 9999-12-31T23:00:00Z, the last hour RFC 3339 can write.
+const LATEST_SINCE: u64 = 253_402_297_200;
 
 /// A point in time as RFC 3339 or unix seconds (a number or a string of digits).
 #[derive(Deserialize)]
@@ -200,11 +210,13 @@ impl Since {
             Since::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
                 text.parse().map_err(|_| malformed())
             }
+            // Before 1970 is before anything was submitted: withdraw everything.
             Since::Text(text) => OffsetDateTime::parse(text, &Rfc3339)
-                .ok()
-                .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
-                .ok_or_else(malformed),
+                .map(|t| u64::try_from(t.unix_timestamp()).unwrap_or(0))
+                .map_err(|_| malformed()),
         }
+        // After the year 9999 nothing was submitted either, and it could not be written back.
+        .map(|seconds| seconds.min(LATEST_SINCE))
     }
 }
 
@@ -328,7 +340,7 @@ pub fn invalidate_code_request(body: &[u8]) -> Result<InvalidateCodeRequest, Pro
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateTokenRequest {
     pub scope: Scope,
-    /// Trimmed, at most [`MAX_NAME_CHARS`] characters.
+    /// Trimmed; at most [`MAX_NAME_CHARS`] characters as sent.
     pub label: String,
     pub reason: String,
 }
@@ -352,7 +364,7 @@ pub fn create_token_request(body: &[u8]) -> Result<CreateTokenRequest, Problem> 
         )
     })?;
     let label = request.label.trim().to_owned();
-    if label.chars().count() > MAX_NAME_CHARS {
+    if request.label.chars().count() > MAX_NAME_CHARS {
         return Err(Problem::bad_request(
             "invalid_label",
             format!("a label is at most {MAX_NAME_CHARS} characters"),
@@ -436,4 +448,51 @@ pub fn upload_payload(plaintext: &[u8], now: u64) -> Result<Vec<RawKey>, UploadE
             transmission_risk: k.transmission_risk_level.map(i64::from),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_json_object_is_a_body() {
+        // serde alone would read `[null, null]` as CodeJson's two fields.
+        for body in [&b"[null, null]"[..], b" [\"long\", 600]", b"null", b"7"] {
+            let problem = code_request(body).expect_err("not an object");
+            assert_eq!(problem.code, "malformed_json");
+        }
+        assert!(code_request(b" {\"format\": \"long\"}").is_ok());
+        assert!(code_request(b"").is_ok());
+    }
+
+    #[test]
+    fn since_before_1970_is_everything_and_after_9999_is_kept_writable() {
+        let hour = |since: &str| {
+            revoke_request(format!(r#"{{"retroactive": true, "since": {since}}}"#).as_bytes())
+                .expect("valid")
+                .withdraw_since_hour
+        };
+        assert_eq!(hour(r#""1960-01-01T00:00:00Z""#), Some(0));
+        assert_eq!(
+            hour(r#""2027-01-15T08:30:00Z""#),
+            Some(1_800_000_000 / 3600)
+        );
+        assert_eq!(hour("18446744073709551614"), Some(LATEST_SINCE / 3600));
+        assert_eq!(hour(r#""99999999999999""#), Some(LATEST_SINCE / 3600));
+    }
+
+    #[test]
+    fn name_limits_count_what_was_sent() {
+        let register = |name: &str| {
+            register_request(
+                serde_json::json!({"name": name, "region": "DE", "reason": "r"})
+                    .to_string()
+                    .as_bytes(),
+            )
+        };
+        assert_eq!(register("  Lab  ").expect("valid").name, "Lab");
+        assert!(register("   ").is_err());
+        assert!(register(&format!(" {}", "x".repeat(MAX_NAME_CHARS))).is_err());
+        assert!(register(&"x".repeat(MAX_NAME_CHARS)).is_ok());
+    }
 }

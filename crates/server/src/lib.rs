@@ -1,7 +1,8 @@
 //! Confidant's HTTP surfaces: the native JSON API (`/v1`), the operators' admin API
 //! (`/admin/v1`), the COVID Shield compatibility protocol (uploads and retrieval), published
-//! files (`/exports`, `/feed`), metrics and health endpoints, and the background publisher and
-//! janitor. Only this crate knows HTTP and JSON.
+//! files (`/exports`, `/feed`), metrics and health endpoints, the OpenAPI description
+//! (`/openapi.json`), and the background publisher and janitor. Only this crate knows HTTP
+//! and JSON.
 //!
 //! [`App::build`] wires a router around a [`Store`]; [`App::run_until_stopped`] serves it
 //! (and runs the background jobs) until a shutdown signal, then lets in-flight requests (and
@@ -16,6 +17,7 @@ mod dev;
 pub mod files;
 mod lockout;
 mod observe;
+mod openapi;
 mod problem;
 pub mod publisher;
 mod retrieve;
@@ -168,6 +170,10 @@ impl App {
             .merge(api)
             .merge(files::routes())
             .merge(observe::routes())
+            .merge(openapi::routes(openapi::document(
+                &settings.policy,
+                settings.dev_clock.is_some(),
+            )))
             .route("/health", get(|| async { "ok\n" }))
             .route("/services/ping", get(covidshield::ping));
         if let Some(dev_clock) = settings.dev_clock {

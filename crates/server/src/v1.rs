@@ -132,9 +132,11 @@ async fn verify(
 ) -> Result<Response, Problem> {
     let started = std::time::Instant::now();
     let code = bodies::verify_request(&read_body(body)?)?;
+    let normalized =
+        normalize_code(&code).map_err(|why| Problem::bad_request("malformed_code", why))?;
     let now = state.now();
     if chaff::is_chaff(&headers) {
-        // Whatever the code: no lookup, no lockout, nothing stored.
+        // A well-formed code, as a real request needs: no lookup, no lockout, nothing stored.
         let expires_at = now + CLAIM_LIFETIME_SECONDS;
         let body = json!({
             "token": URL_SAFE_NO_PAD.encode(random_bytes::<32>()),
@@ -145,8 +147,6 @@ async fn verify(
         return Ok(padded_json(body));
     }
     let address = state.hasher.address(&state.client_address(peer, &headers));
-    let normalized =
-        normalize_code(&code).map_err(|why| Problem::bad_request("malformed_code", why))?;
     let attempt = state.lockout.begin(address, now).map_err(|standing| {
         let problem = match standing.paused_globally {
             true => Problem::new(

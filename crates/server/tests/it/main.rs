@@ -5,6 +5,7 @@ mod chaff;
 mod covidshield;
 mod fuzz_corpus;
 mod native;
+mod openapi;
 mod publication;
 
 use std::sync::Arc;
