@@ -3,6 +3,7 @@
 
 use confidant_core::event::EVENT_VERSION;
 use confidant_core::feed;
+use confidant_core::gcs::GcsFilter;
 use confidant_core::logfile::{self, Decoder, LogFileError, LogRecord};
 
 /// `feed_file`: native feed files (`docs/feed.md`) as a phone downloads them: decoding must
@@ -51,4 +52,35 @@ fn decode_in_slices(data: &[u8], size: usize) -> Result<Vec<LogRecord>, LogFileE
     }
     decoder.finish()?;
     Ok(records)
+}
+
+/// `gcs_filter`: a Golomb-coded set as a phone downloads it. Parsing never panics; what parses
+/// decodes to n sorted values inside [0, n·m), encodes back to the very same bytes, and answers
+/// `contains` and `matches` alike.
+pub fn gcs_filter(data: &[u8]) {
+    let Ok(filter) = GcsFilter::from_bytes(data) else {
+        return;
+    };
+    let values = filter.values().expect("a parsed filter decodes");
+    assert_eq!(values.len() as u64, filter.n);
+    assert!(values.is_sorted(), "values out of order");
+    let range = filter.n.checked_mul(filter.params.m).expect("n·m checked");
+    assert!(values.last().is_none_or(|&v| v < range), "value past n·m");
+    assert_eq!(filter.to_bytes(), data, "re-encoding changed the bytes");
+
+    // Queries derived from the input, so that small filters (m = 1) see real hits.
+    let mut queries: Vec<&[u8]> = data.chunks(5).take(40).collect();
+    queries.push(&[]);
+    let matched = filter.matches(&queries);
+    let by_contains: Vec<usize> = (0..queries.len())
+        .filter(|&i| filter.contains(queries[i]))
+        .collect();
+    assert_eq!(matched, by_contains, "matches and contains disagree");
+    for i in matched {
+        let position = filter.hash_to_range(queries[i]);
+        assert!(
+            values.binary_search(&position).is_ok(),
+            "match on an absent value"
+        );
+    }
 }

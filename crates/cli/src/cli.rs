@@ -468,6 +468,16 @@ pub enum BenchCommand {
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },
+    /// Encounter-token publication: bytes per token (raw hashes, Golomb-coded sets at 2^-20
+    /// and 2^-40, DP-3T's Cuckoo filter), building a filter, and a phone testing its tokens
+    Gcs {
+        /// Token hashes in the published set
+        #[arg(long, default_value_t = 1_000_000)]
+        elements: usize,
+        /// Check tokens on the phone
+        #[arg(long, default_value_t = 3_000)]
+        queries: usize,
+    },
     /// Build, sign and zip an export, then read and verify it
     Export {
         #[arg(long, default_value_t = 1_000_000)]

@@ -7,6 +7,8 @@
 //! - [`matching`] and [`risk`]: which published keys explain what the phone heard, scored with
 //!   the GAEN v1 exposure configuration the server publishes.
 //! - [`upload`]: the provider's code, the native `/v1` upload and the COVID Shield upload.
+//! - [`encounter`]: the encounter-token protocol: ephemeral X25519 keys per 15 minutes, their
+//!   broadcast slices, encounters between key pairs, report/check tokens, the encounter store.
 //!
 //! The crate does I/O only over HTTP and on its own state files. Time always comes in as a
 //! `now` argument (unix seconds), so simulations and tests drive it with any clock. The
@@ -14,6 +16,7 @@
 //! server uses too, so both sides agree byte for byte.
 
 pub mod download;
+pub mod encounter;
 mod error;
 mod http;
 pub mod matching;
@@ -23,6 +26,10 @@ pub mod schedule;
 mod state_file;
 pub mod upload;
 
+pub use encounter::{
+    Encounter, EncounterDetector, EncounterStore, EphemeralKey, EphemeralKeys, Match, Slice,
+    TokenPair,
+};
 pub use error::ClientError;
 
 /// Seconds in a UTC day.

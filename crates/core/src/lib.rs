@@ -8,8 +8,10 @@
 pub mod codes;
 pub mod corrections;
 pub mod covidshield_wire;
+pub mod encounter;
 pub mod event;
 pub mod feed;
+pub mod gcs;
 pub mod ids;
 pub mod logfile;
 pub mod publish;

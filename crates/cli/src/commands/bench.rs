@@ -37,6 +37,7 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
             exports_dir,
         } => matching(keys, observations, exports_dir.as_deref()),
         BenchCommand::Export { keys } => export(keys),
+        BenchCommand::Gcs { elements, queries } => super::bench_gcs::run(elements, queries),
         BenchCommand::Publish { keys } => {
             super::runtime()?.block_on(super::bench_publish::run(keys))
         }

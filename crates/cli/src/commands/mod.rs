@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod bench_crash;
+mod bench_gcs;
 mod bench_load;
 mod bench_publish;
 mod bench_rebuild;

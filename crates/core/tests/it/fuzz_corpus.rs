@@ -2,7 +2,7 @@
 //! through the same checks the fuzz targets run, on stable and in CI.
 
 #[path = "../../../../fuzz/checks/core.rs"]
-mod checks;
+pub(crate) mod checks; // `gcs` runs its check on corrupted filters too
 #[path = "../../../../fuzz/checks/replay.rs"]
 mod replay;
 
@@ -14,6 +14,11 @@ fn feed_file_corpus() {
 #[test]
 fn log_file_corpus() {
     replay::replay("log_file", checks::log_file);
+}
+
+#[test]
+fn gcs_filter_corpus() {
+    replay::replay("gcs_filter", checks::gcs_filter);
 }
 
 /// A corpus that vanished must not pass as "nothing failed".
