@@ -301,6 +301,24 @@ impl Conn {
         }
     }
 
+    /// Runs `COPY … FROM STDIN` (PostgreSQL) with `data` in COPY's text format; returns the
+    /// rows copied.
+    pub async fn copy_in(&mut self, sql: &str, data: Vec<u8>) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Sqlite(_) => Err(sqlx::Error::Protocol(
+                "COPY is PostgreSQL's; SQLite writes rows with INSERT".into(),
+            )),
+            Self::Postgres(conn) => {
+                let mut copy = conn.copy_in_raw(sql).await?;
+                if let Err(e) = copy.send(data).await {
+                    copy.abort("sending the rows failed").await.ok();
+                    return Err(e);
+                }
+                copy.finish().await
+            }
+        }
+    }
+
     pub async fn fetch_all(
         &mut self,
         sql: &str,

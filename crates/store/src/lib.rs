@@ -594,8 +594,9 @@ impl Store {
             .await?;
         let keys = conn
             .fetch_optional(
-                "SELECT COUNT(*), COUNT(k.withdrawn) FROM keys k \
-                 JOIN submissions s ON s.id = k.submission WHERE s.provider = $1",
+                "SELECT COUNT(*), COUNT(k.withdrawn) FROM submissions s JOIN keys k \
+                 ON k.region = s.region AND k.hour = s.hour AND k.submission = s.id \
+                 WHERE s.provider = $1",
                 &[id.0.into()],
             )
             .await?;
@@ -612,8 +613,13 @@ impl Store {
     /// A submission's keys, withdrawn ones included.
     pub async fn submission_keys(&self, id: TrackingId) -> Result<Vec<KeyRecord>, StoreError> {
         let mut conn = self.read().await?;
-        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE submission = $1 ORDER BY key_data");
-        conn.fetch_all(&sql, &[id.0.into()])
+        // Through keys_by_region_hour: the submission's region and hour narrow it down.
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE (region, hour) = \
+             (SELECT region, hour FROM submissions WHERE id = $1) AND submission = $2 \
+             ORDER BY key_data"
+        );
+        conn.fetch_all(&sql, &[id.0.into(), id.0.into()])
             .await?
             .iter()
             .map(|row| Ok(projection::key_record_from_row(row, 0)?))

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use confidant_core::state::KeyRecord;
 use confidant_core::{
     AdminTokenId, ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, Region, State,
     Stream, TrackingId,
@@ -50,7 +51,8 @@ pub enum KeyWrites {
     Upsert,
     /// Every key row written is new (a rebuild that only adds keys, with the keys' primary
     /// key dropped): a plain insert, whose row count the caller checks. On SQLite
-    /// `INSERT OR IGNORE`, which needs no statement journal.
+    /// `INSERT OR IGNORE`, which needs no statement journal; on PostgreSQL `COPY`, which
+    /// skips per-row parameter binding altogether.
     Insert(Dialect),
 }
 
@@ -61,6 +63,18 @@ pub struct Statement {
     /// For a plain insert of new rows ([`KeyWrites::Insert`]): how many rows it must insert.
     /// Fewer means a row was already there.
     pub inserts: Option<u64>,
+    /// For PostgreSQL's `COPY … FROM STDIN` in `sql`: the rows in COPY's text format.
+    pub copy_rows: Option<Vec<u8>>,
+}
+
+impl Statement {
+    /// Runs it; returns the rows it wrote.
+    pub async fn run(self, conn: &mut Conn) -> Result<u64, sqlx::Error> {
+        match self.copy_rows {
+            Some(data) => conn.copy_in(&self.sql, data).await,
+            None => conn.execute(&self.sql, &self.params).await,
+        }
+    }
 }
 
 /// What to load before deciding or replaying.
@@ -340,9 +354,20 @@ impl Overlay {
             let keys = bytes(wanted.keys.iter().map(|k| k.0));
             key_rows.extend(select_in(conn, &select_keys, "key_data", keys).await?);
         }
-        if !submission_keys.is_empty() {
-            let ids = bytes(submission_keys.iter().map(|s| s.0));
-            key_rows.extend(select_in(conn, &select_keys, "submission", ids).await?);
+        // Through keys_by_region_hour: submissions are grouped by their region and hour.
+        let mut by_hour: BTreeMap<(&str, u64), Vec<Value>> = BTreeMap::new();
+        for id in &submission_keys {
+            if let Some(submission) = overlay.state.submissions.get(id) {
+                by_hour
+                    .entry((submission.region.as_str(), submission.hour))
+                    .or_default()
+                    .push(id.0.into());
+            }
+        }
+        for ((region, hour), ids) in by_hour {
+            // A region is letters, digits and '-' (`Region`): safe to write inline.
+            let column = format!("region = '{region}' AND hour = {hour} AND submission");
+            key_rows.extend(select_in(conn, &select_keys, &column, ids).await?);
         }
         for row in key_rows {
             let record = projection::key_record_from_row(&row, 0)?;
@@ -558,7 +583,7 @@ impl Overlay {
     /// Writes every changed row back, parents before children.
     pub async fn write_back(&self, conn: &mut Conn) -> Result<(), sqlx::Error> {
         for statement in self.write_statements() {
-            conn.execute(&statement.sql, &statement.params).await?;
+            statement.run(conn).await?;
         }
         Ok(())
     }
@@ -670,39 +695,46 @@ impl Overlay {
                 })
             }),
         );
-        upsert(
-            &mut out,
-            "keys",
-            match self.key_writes {
-                KeyWrites::Upsert => Conflict::Update("key_data"),
-                KeyWrites::Insert(Dialect::Sqlite) => Conflict::Ignore,
-                KeyWrites::Insert(Dialect::Postgres) => Conflict::None,
-            },
-            &[
-                "key_data",
-                "rolling_start",
-                "rolling_period",
-                "transmission_risk",
-                "submission",
-                "region",
-                "hour",
-                "withdrawn",
-            ],
-            self.dirty_keys.iter().filter_map(|k| {
-                s.keys.get(k).map(|r| {
-                    vec![
-                        k.0.into(),
-                        r.key.rolling_start.into(),
-                        r.key.rolling_period.into(),
-                        u32::from(r.key.transmission_risk).into(),
-                        r.submission.0.into(),
-                        r.region.as_str().into(),
-                        r.hour.into(),
-                        r.withdrawn.into(),
-                    ]
-                })
-            }),
-        );
+        if self.key_writes == KeyWrites::Insert(Dialect::Postgres) {
+            copy_keys(
+                &mut out,
+                self.dirty_keys.iter().filter_map(|k| s.keys.get(k)),
+            );
+        } else {
+            upsert(
+                &mut out,
+                "keys",
+                match self.key_writes {
+                    KeyWrites::Upsert => Conflict::Update("key_data"),
+                    KeyWrites::Insert(Dialect::Sqlite) => Conflict::Ignore,
+                    KeyWrites::Insert(Dialect::Postgres) => Conflict::None,
+                },
+                &[
+                    "key_data",
+                    "rolling_start",
+                    "rolling_period",
+                    "transmission_risk",
+                    "submission",
+                    "region",
+                    "hour",
+                    "withdrawn",
+                ],
+                self.dirty_keys.iter().filter_map(|k| {
+                    s.keys.get(k).map(|r| {
+                        vec![
+                            k.0.into(),
+                            r.key.rolling_start.into(),
+                            r.key.rolling_period.into(),
+                            u32::from(r.key.transmission_risk).into(),
+                            r.submission.0.into(),
+                            r.region.as_str().into(),
+                            r.hour.into(),
+                            r.withdrawn.into(),
+                        ]
+                    })
+                }),
+            );
+        }
         upsert(
             &mut out,
             "cursors",
@@ -791,9 +823,57 @@ impl Overlay {
                 sql: format!("DELETE FROM codes WHERE code_hash IN ({list})"),
                 params,
                 inserts: None,
+                copy_rows: None,
             });
         }
         out
+    }
+}
+
+/// Key rows as one `COPY keys FROM STDIN` in text format: a rebuild writes millions, and
+/// binding eight parameters per row costs more than the database's own work.
+fn copy_keys<'a>(out: &mut Vec<Statement>, records: impl Iterator<Item = &'a KeyRecord>) {
+    use std::fmt::Write as _;
+    // `\\x…` is bytea's hex form with COPY's backslash escaped.
+    fn bytea(rows: &mut String, bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        rows.push_str("\\\\x");
+        for byte in bytes {
+            rows.push(DIGITS[usize::from(byte >> 4)] as char);
+            rows.push(DIGITS[usize::from(byte & 15)] as char);
+        }
+        rows.push('\t');
+    }
+    let mut rows = String::new();
+    let mut count = 0u64;
+    for r in records {
+        let k = &r.key;
+        bytea(&mut rows, &k.key_data.0);
+        let _ = write!(
+            rows,
+            "{}\t{}\t{}\t",
+            k.rolling_start, k.rolling_period, k.transmission_risk
+        );
+        bytea(&mut rows, &r.submission.0);
+        // A region is letters, digits and '-' (`Region`), which COPY takes as they are.
+        let _ = write!(rows, "{}\t{}\t", r.region.as_str(), r.hour);
+        match r.withdrawn {
+            Some(serial) => {
+                let _ = writeln!(rows, "{serial}");
+            }
+            None => rows.push_str("\\N\n"),
+        }
+        count += 1;
+    }
+    if count > 0 {
+        out.push(Statement {
+            sql: "COPY keys (key_data, rolling_start, rolling_period, transmission_risk, \
+                  submission, region, hour, withdrawn) FROM STDIN"
+                .into(),
+            params: Vec::new(),
+            inserts: Some(count),
+            copy_rows: Some(rows.into_bytes()),
+        });
     }
 }
 
@@ -844,6 +924,7 @@ fn upsert(
             ),
             params: chunk.concat(),
             inserts: counted.then_some(chunk.len() as u64),
+            copy_rows: None,
         });
     }
 }

@@ -137,7 +137,12 @@ CREATE INDEX keys_by_submission ON keys (submission);
 CREATE INDEX keys_by_region_hour ON keys (region, hour);
 CREATE INDEX keys_withdrawn ON keys (region, withdrawn) WHERE withdrawn IS NOT NULL;
 ",
+    KEYS_BY_SUBMISSION_DROPPED,
 ];
+
+/// A submission's keys are found through `keys_by_region_hour` (its region and hour are on its
+/// row): one 14M-entry index fewer to write and, in a rebuild, to build.
+const KEYS_BY_SUBMISSION_DROPPED: &str = "DROP INDEX IF EXISTS keys_by_submission";
 
 const POSTGRES: &[&str] = &[
     r"
@@ -248,6 +253,7 @@ CREATE INDEX events_by_kind ON events (kind, seq) WHERE kind IS NOT NULL;
 ",
     // Migration 4 is SQLite's alone: PostgreSQL's rebuild drops the primary key constraint.
     "SELECT 1",
+    KEYS_BY_SUBMISSION_DROPPED,
 ];
 
 /// Tables rebuilt from the log, children first so deletion order is safe.

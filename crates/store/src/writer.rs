@@ -561,7 +561,7 @@ const REINDEXED_TABLES: [&str; 3] = ["keys", "submissions", "codes"];
 /// Pages are read and decoded on another connection and thread while the previous page is
 /// written. Rows created earlier in a page are not loaded from the database; secondary indexes
 /// of the large tables are dropped during the replay and built at the end (the one replay
-/// itself reads, keys by submission, is built as soon as a withdrawal needs it).
+/// itself reads, keys by region and hour, is built as soon as a withdrawal needs it).
 async fn rebuild(
     pool: &Pool,
     conn: &mut Conn,
@@ -710,12 +710,13 @@ async fn replay_log(
                 .filter(|e| matches!(e, Event::RetentionApplied { .. }))
                 .cloned();
             let mut wanted = wanted_for_segment(&segment);
-            // Withdrawals read keys by submission: that index is needed from here on.
+            // Withdrawals read a submission's keys by region and hour: that index is needed
+            // from here on.
             let (needed, rest): (Vec<_>, Vec<_>) =
                 dropped.into_iter().partition(|(table, _, sql)| {
                     !wanted.submission_keys.is_empty()
                         && table == "keys"
-                        && sql.contains("(submission")
+                        && sql.contains("(region, hour)")
                 });
             dropped = rest;
             // Withdrawals change keys already stored: from the first on, keys are upserted
@@ -797,8 +798,9 @@ async fn replay_log(
 
 async fn run_statements(conn: &mut Conn, statements: Vec<Statement>) -> Result<(), RebuildError> {
     for statement in statements {
-        let rows = conn.execute(&statement.sql, &statement.params).await?;
-        if statement.inserts.is_some_and(|inserts| inserts != rows) {
+        let inserts = statement.inserts;
+        let rows = statement.run(conn).await?;
+        if inserts.is_some_and(|inserts| inserts != rows) {
             return Err(RebuildError::KeyWrittenTwice);
         }
     }
@@ -1121,7 +1123,7 @@ mod rebuild_tests {
             let before = indexes(&store).await;
             let names: Vec<&str> = before.iter().map(|(_, name, _)| name.as_str()).collect();
             assert!(
-                names.contains(&"keys_by_submission") && names.contains(&"keys_by_region_hour"),
+                names.contains(&"keys_by_region_hour") && !names.contains(&"keys_by_submission"),
                 "{dialect:?}: {names:?}"
             );
             let digest = store.state_digest().await.expect("digest");
