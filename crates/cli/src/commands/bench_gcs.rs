@@ -69,10 +69,10 @@ pub fn run(elements: usize, queries: usize) -> Result<()> {
         let per_token = filter.to_bytes().len() as f64 / elements as f64;
         all_met &= per_token <= target;
         println!(
-            "| GCS, P = {bits}, M = {} | {per_token:.3} ({} {target}) | 1/{} ≈ 2^-{:.2} |",
-            params.m,
+            "| GCS at 2^-{bits} (P = {}, M = 2^{}) | {per_token:.3} ({} {target}) | 2^-{:.2} |",
+            params.p,
+            params.m.ilog2(),
             verdict(per_token <= target),
-            params.m,
             (params.m as f64).log2()
         );
     }
@@ -80,7 +80,7 @@ pub fn run(elements: usize, queries: usize) -> Result<()> {
         "| Cuckoo filter (DP-3T, from its white paper) | {CUCKOO_BYTES_PER_ENTRY:.2} | 2^-42 |"
     );
 
-    println!("\n| operation | P = 20 | P = 40 | target |");
+    println!("\n| operation | at 2^-20 | at 2^-40 | target |");
     println!("|---|---|---|---|");
     let mut builds = Vec::new();
     let mut matches = Vec::new();
@@ -103,7 +103,7 @@ pub fn run(elements: usize, queries: usize) -> Result<()> {
         });
         ensure!(
             (0..real).all(|i| found.contains(&i)),
-            "P = {bits}: a published token was not found: {found:?}"
+            "2^-{bits}: a published token was not found: {found:?}"
         );
         matches.push(matched_in);
     }
