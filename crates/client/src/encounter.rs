@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::state_file::{read_checked, write_atomically};
+use crate::state_file::{load_json, save_json};
 use crate::{ClientError, unix_day};
 
 pub use crate::RETENTION_DAYS;
@@ -675,18 +675,16 @@ impl EncounterStore {
                 .map(StoredEncounter::from_encounter)
                 .collect(),
         };
-        let json =
-            serde_json::to_vec(&stored).map_err(|e| ClientError::corrupt(path, e.to_string()))?;
-        write_atomically(path, FILE_MAGIC, &json)
+        save_json(path, FILE_MAGIC, &stored)
     }
 
     /// Loads a store saved by [`EncounterStore::save`]; a missing file is an empty store.
     pub fn load(path: &Path) -> Result<Self, ClientError> {
-        let Some(json) = read_checked(path, FILE_MAGIC)? else {
+        let Some(stored): Option<StoredEncounters> =
+            load_json(path, FILE_MAGIC, "an encounter list")?
+        else {
             return Ok(Self::new());
         };
-        let stored: StoredEncounters = serde_json::from_slice(&json)
-            .map_err(|e| ClientError::corrupt(path, format!("not an encounter list: {e}")))?;
         let mut store = Self::new();
         for (index, encounter) in stored.encounters.into_iter().enumerate() {
             let encounter = encounter.into_encounter().ok_or_else(|| {

@@ -13,7 +13,7 @@ use std::path::Path;
 use gaen::{Aem, Rpi};
 use serde::{Deserialize, Serialize};
 
-use crate::state_file::{read_checked, write_atomically};
+use crate::state_file::{load_json, save_json};
 use crate::{ClientError, DAY_SECONDS, RETENTION_DAYS};
 
 const FILE_MAGIC: &[u8; 8] = b"CSIGHT\x01\n";
@@ -115,19 +115,13 @@ impl ObservationStore {
         let stored = StoredSightings {
             sightings: self.sightings.clone(),
         };
-        let json =
-            serde_json::to_vec(&stored).map_err(|e| ClientError::corrupt(path, e.to_string()))?;
-        write_atomically(path, FILE_MAGIC, &json)
+        save_json(path, FILE_MAGIC, &stored)
     }
 
     /// Loads a store saved by [`ObservationStore::save`]; a missing file is an empty store.
     pub fn load(path: &Path) -> Result<Self, ClientError> {
-        let Some(json) = read_checked(path, FILE_MAGIC)? else {
-            return Ok(Self::new());
-        };
-        let stored: StoredSightings = serde_json::from_slice(&json)
-            .map_err(|e| ClientError::corrupt(path, format!("not a sightings list: {e}")))?;
-        Ok(Self::from_sightings(stored.sightings))
+        let stored: Option<StoredSightings> = load_json(path, FILE_MAGIC, "a sightings list")?;
+        Ok(stored.map_or_else(Self::new, |s| Self::from_sightings(s.sightings)))
     }
 }
 

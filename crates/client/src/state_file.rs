@@ -157,3 +157,27 @@ impl<'a> PayloadReader<'a> {
         }
     }
 }
+
+/// [`write_atomically`] with `value` as JSON.
+pub(crate) fn save_json<T: serde::Serialize>(
+    path: &Path,
+    magic: &[u8; 8],
+    value: &T,
+) -> Result<(), ClientError> {
+    let json = serde_json::to_vec(value).map_err(|e| ClientError::corrupt(path, e.to_string()))?;
+    write_atomically(path, magic, &json)
+}
+
+/// [`read_checked`], then the payload as JSON of a `what` (named in the error).
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    magic: &[u8; 8],
+    what: &str,
+) -> Result<Option<T>, ClientError> {
+    let Some(json) = read_checked(path, magic)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&json)
+        .map(Some)
+        .map_err(|e| ClientError::corrupt(path, format!("not {what}: {e}")))
+}
