@@ -3,6 +3,7 @@
 //! (`crates/client/tests/it/fuzz_corpus.rs`) both call these.
 
 use confidant_client::download::parse_feed_index;
+use confidant_client::encounter::{self, EphemeralKey};
 use confidant_client::risk::ExposureConfiguration;
 use confidant_core::Region;
 use confidant_core::feed::{self, FeedIndex, FeedKind};
@@ -47,5 +48,47 @@ pub fn exposure_config(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// `encounter_slices`: broadcast advertisements as a phone hears them from anyone nearby. The
+/// input is up to four advertisements, each a length byte and that many bytes (the rest of the
+/// input goes to the last). Decoding and reassembly never panic; what decodes re-encodes to the
+/// same bytes; a key rebuilt from them agrees with every slice it came from; and deriving
+/// tokens with whatever key was rebuilt (low-order points included) never panics.
+pub fn encounter_slices(data: &[u8]) {
+    let mut adverts = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() && adverts.len() < 4 {
+        let len = usize::from(rest[0]).min(rest.len() - 1);
+        adverts.push(&rest[1..1 + len]);
+        rest = &rest[1 + len..];
+    }
+    let slices: Vec<encounter::Slice> = adverts
+        .iter()
+        .filter_map(|advert| {
+            let slice = encounter::decode(advert)?;
+            assert_eq!(
+                encounter::encode(&slice),
+                *advert,
+                "decode/encode changed the bytes"
+            );
+            Some(slice)
+        })
+        .collect();
+    let Some(key) = encounter::reassemble(&slices) else {
+        return;
+    };
+    let rebuilt = encounter::slices(&key);
+    for slice in &slices {
+        assert_eq!(
+            rebuilt[usize::from(slice.index)],
+            *slice,
+            "the rebuilt key disagrees with a slice it came from"
+        );
+    }
+    let own = EphemeralKey::from_secret_bytes(0, [0x11; 32]);
+    if let Some(pair) = encounter::derive(&own, &key) {
+        assert_ne!(pair.report, pair.check);
     }
 }

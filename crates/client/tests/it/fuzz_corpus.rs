@@ -15,3 +15,8 @@ fn feed_index_corpus() {
 fn exposure_config_corpus() {
     replay::replay("exposure_config", checks::exposure_config);
 }
+
+#[test]
+fn encounter_slices_corpus() {
+    replay::replay("encounter_slices", checks::encounter_slices);
+}
