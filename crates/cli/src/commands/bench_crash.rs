@@ -53,10 +53,7 @@ pub async fn run(options: CrashOptions) -> Result<bool> {
     );
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let harness = Harness::new(scratch.path(), options.database_url.clone())?;
-    let backend = match &options.database_url {
-        Some(_) => "PostgreSQL",
-        None => "SQLite (WAL, synchronous=FULL)",
-    };
+    let backend = super::backend_name(options.database_url.as_deref());
     out!(
         "bench crash: {} SIGKILLs of the server under {} concurrent clients, {backend}",
         options.kills,

@@ -99,10 +99,7 @@ pub async fn run(submissions: usize, database_url: Option<String>) -> Result<()>
             format!("sqlite://{}", scratch.join("bench.db").display())
         }
     };
-    let backend = match &database_url {
-        Some(url) if url.starts_with("postgres") => "PostgreSQL",
-        _ => "SQLite (WAL, synchronous=FULL)",
-    };
+    let backend = super::backend_name(database_url.as_deref());
     let result = measure(submissions, &url, backend).await;
     if database_url.is_none() {
         std::fs::remove_dir_all(&scratch).ok();

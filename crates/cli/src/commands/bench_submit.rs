@@ -26,10 +26,7 @@ pub async fn run(clients: usize, submissions: usize, database_url: Option<String
         clients > 0 && submissions > 0,
         "--clients and --submissions must be at least 1"
     );
-    let backend = match &database_url {
-        Some(url) if url.starts_with("postgres") => "PostgreSQL",
-        _ => "SQLite (WAL, synchronous=FULL)",
-    };
+    let backend = super::backend_name(database_url.as_deref());
     out!(
         "bench submit: {submissions} submissions of 14 keys, {clients} concurrent clients, {backend}"
     );

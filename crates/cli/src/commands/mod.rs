@@ -68,6 +68,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A multi-threaded runtime for the commands that talk to databases and sockets.
+/// How a benchmark names the store it measures: `--database-url` or the default SQLite file.
+pub(crate) fn backend_name(database_url: Option<&str>) -> &'static str {
+    match database_url {
+        Some(url) if url.starts_with("postgres") => "PostgreSQL",
+        _ => "SQLite (WAL, synchronous=FULL)",
+    }
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
