@@ -74,6 +74,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             clock,
         )
         .await?;
+        // Handlers first: a SIGTERM right after "serving" must stop the server gracefully,
+        // not kill it with the default action.
+        let shutdown = shutdown_signal()?;
         tracing::info!(
             address = %app.local_addr()?,
             database = %redact(&settings.store.database_url),
@@ -81,7 +84,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             published = %redact(&settings.publish_to),
             "confidant is serving"
         );
-        app.run_until_stopped(shutdown_signal()).await?;
+        app.run_until_stopped(shutdown).await?;
         tracing::info!("stopping: finishing in-flight commits");
         store.close().await;
         tracing::info!("stopped");
@@ -89,20 +92,26 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     })
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+/// Installs the SIGINT and SIGTERM handlers now (tokio's are lazy otherwise) and returns the
+/// future that completes on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    interrupt.await.ok();
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        tokio::signal::ctrl_c().await.ok();
+    })
 }
 
 /// A database URL without its password, for logs.
