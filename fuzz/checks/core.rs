@@ -1,10 +1,14 @@
 //! What must hold for every input of the `confidant-core` fuzz targets; the targets and the
 //! corpus replay test (`crates/core/tests/it/fuzz_corpus.rs`) both call these.
 
+use std::sync::LazyLock;
+
+use confidant_core::encounter::TokenHash;
 use confidant_core::event::EVENT_VERSION;
 use confidant_core::feed;
 use confidant_core::gcs::GcsFilter;
 use confidant_core::logfile::{self, Decoder, LogFileError, LogRecord};
+use confidant_core::tokenfile::{self, TokenBody, TokenKind};
 
 /// `feed_file`: native feed files (`docs/feed.md`) as a phone downloads them: decoding must
 /// never panic, and whatever decodes names its key id consistently.
@@ -13,6 +17,97 @@ pub fn feed_file(data: &[u8]) {
         assert!(feed::key_id_of(data).is_ok());
         assert!(file.added.len() * 16 <= data.len());
     }
+}
+
+/// A fixed P-256 key (the client tests' public test key): `token_file` re-signs what decodes.
+static SIGNER: LazyLock<gaen::SigningKey> = LazyLock::new(|| {
+    gaen::SigningKey::from_pem(
+        "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgBKRbF3IKD42P9lts
+k/I9/1IBzsx6qRzsNxzzf5YwArGhRANCAATS2LLLD3FjzFYdQK6/Gp08j/nibMk9
+Krp3MQDkwMpI3kasIjWEwBRKSsW93AQMZVmMOQ+12DDm/TnUXvyCoKdm
+-----END PRIVATE KEY-----
+",
+    )
+    .expect("the test key parses")
+});
+
+/// `token_file`: encounter-token files (`docs/token-files.md`) as a phone downloads them.
+/// Decoding never panics. What decodes has exactly one encoding: re-encoded, every byte before
+/// the signature is the same. Its matching helpers never panic, answer exactly for list and
+/// bucket files, and its name parses back to its kind, seq and bucket.
+pub fn token_file(data: &[u8]) {
+    let Ok(file) = tokenfile::decode(data) else {
+        return;
+    };
+    let key_id = tokenfile::key_id_of(data).expect("a decoded file names its key id");
+    let again = file
+        .encode(&SIGNER, &key_id)
+        .expect("a decoded file encodes");
+    // Where the re-encoded signature starts: the one length whose signature verifies.
+    let public = SIGNER.verifying_key();
+    let signed = (8..=72)
+        .filter_map(|s| again.len().checked_sub(s + 1))
+        .find(|&at| {
+            usize::from(again[at]) == again.len() - at - 1
+                && public.verify(&again[..at], &again[at + 1..])
+        })
+        .expect("the re-encoded file carries its signature");
+    assert_eq!(
+        &data[..signed.min(data.len())],
+        &again[..signed],
+        "another encoding of the same content"
+    );
+    assert_eq!(
+        usize::from(data[signed]),
+        data.len() - signed - 1,
+        "the signature fills the rest"
+    );
+
+    let (own, removed): (Vec<_>, &[TokenHash]) = match &file.body {
+        TokenBody::List { added, removed } => (added.clone(), removed),
+        TokenBody::Bucket { tokens, .. } => (tokens.clone(), &[]),
+        TokenBody::Filter { removed, .. } => (Vec::new(), removed),
+    };
+    assert!(own.len() * tokenfile::PUBLISHED_TOKEN_LEN + removed.len() * 16 <= data.len());
+    let mut probes: Vec<TokenHash> = own
+        .iter()
+        .map(|t| t.hash)
+        .chain(removed.iter().copied())
+        .collect();
+    probes.extend(
+        data.chunks_exact(16)
+            .take(40)
+            .map(|c| TokenHash(c.try_into().expect("16 bytes"))),
+    );
+    let candidates = file.filter_candidates(&probes);
+    assert!(candidates.is_sorted(), "candidates out of order");
+    assert!(candidates.iter().all(|&(i, _)| i < probes.len()));
+    if file.kind() == TokenKind::Filter {
+        assert!(
+            probes.iter().all(|p| file.confirms(p).is_none()),
+            "a filter confirmed"
+        );
+    } else {
+        let exact: Vec<_> = (0..probes.len())
+            .filter_map(|i| file.confirms(&probes[i]).map(|level| (i, level)))
+            .collect();
+        assert_eq!(
+            candidates, exact,
+            "an exact file's candidates are its confirmations"
+        );
+        for token in &own {
+            assert_eq!(file.confirms(&token.hash), Some(token.level));
+        }
+    }
+    let bucket = match file.body {
+        TokenBody::Bucket { bucket, .. } => Some(bucket),
+        _ => None,
+    };
+    assert_eq!(
+        tokenfile::parse_file_name(&file.name()),
+        Some((file.kind(), file.seq, bucket))
+    );
 }
 
 /// `log_file`: a portable log file as `confidant import` reads it. Read whole or in small

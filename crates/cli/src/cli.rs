@@ -24,6 +24,11 @@ pub enum Command {
     /// Operate a running server through its admin API: providers, submissions, keys, codes,
     /// the audit trail and admin tokens (`admin token create` makes the first token)
     Admin(AdminArgs),
+    /// Import a health authority's TAN list (CSV or JSON) through the admin API
+    Tan(TanArgs),
+    /// Opt-in research data of proven encounters, as aggregates above a k-anonymity threshold
+    #[command(subcommand)]
+    Research(ResearchCommand),
     /// Drop the projections and rebuild them by replaying the event log
     Rebuild(StoreArgs),
     /// Replay the event log into scratch state and compare it with the live projections
@@ -88,6 +93,51 @@ pub struct SimulateArgs {
     /// With --server: an admin-scope token, to register the simulated test centre and roll back
     #[arg(long, value_name = "TOKEN", env = "CONFIDANT_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct TanArgs {
+    #[command(flatten)]
+    pub api: AdminApiArgs,
+    #[command(subcommand)]
+    pub command: TanCommand,
+}
+
+#[derive(Subcommand)]
+pub enum TanCommand {
+    /// Import TANs: a CSV or text file (one TAN per line, optional `tan` header, first
+    /// column), or JSON (an array of strings, or an object with `tans`). Lists of more than
+    /// 100,000 TANs go in several audited imports
+    Import {
+        /// The list (`-` for stdin)
+        file: PathBuf,
+        /// The importing authority: a provider id (16 hex characters) from `admin provider add`
+        #[arg(long)]
+        provider: String,
+        /// When the TANs stop working: unix seconds or RFC 3339, at most 90 days ahead
+        /// [default: 30 days from now]
+        #[arg(long, value_name = "TIME")]
+        expires: Option<String>,
+        /// Why, for the audit trail
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ResearchCommand {
+    /// Write the research counts as CSV (day, duration bucket, attenuation bucket, level,
+    /// count), leaving out every cell with fewer than K records
+    Export {
+        /// The k-anonymity threshold: cells with fewer records are suppressed
+        #[arg(long, default_value_t = 10)]
+        k: u64,
+        /// Output file [default: stdout]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Args)]

@@ -85,6 +85,14 @@ pub struct ServeArgs {
     /// Seconds between the publisher's checks for due windows [default: 30]
     #[arg(long, env = "CONFIDANT_PUBLISH_EVERY")]
     pub publish_every: Option<u64>,
+    /// Encounter tokens: postal-code characters an area keeps (the granularity at which
+    /// token hashes are stored and published) [default: 2]
+    #[arg(long, env = "CONFIDANT_TOKEN_AREA_CHARS")]
+    pub token_area_chars: Option<usize>,
+    /// Encounter tokens: the highest level a chained upload may reach; 0 turns chained
+    /// notifications off [default: 1]
+    #[arg(long, env = "CONFIDANT_TOKEN_MAX_LEVEL")]
+    pub token_max_level: Option<u8>,
     /// Development mode: adds `POST /dev/clock` to move the server's clock. Never in production
     #[arg(long)]
     pub dev: bool,
@@ -123,6 +131,22 @@ struct FileSettings {
     /// Per-region settings, keyed by region (e.g. "302").
     #[serde(default)]
     regions: BTreeMap<String, RegionFile>,
+    /// Encounter tokens (`[tokens]`).
+    #[serde(default)]
+    tokens: TokensFile,
+}
+
+/// `[tokens]`: the encounter-token API and its publication.
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    area_chars: Option<usize>,
+    max_level: Option<u8>,
+    /// Filter false-positive rate 2^-fp_bits (20 with confirmation buckets, 40 without).
+    fp_bits: Option<u8>,
+    /// 2^bucket_bits confirmation files per batch; 0 = none.
+    bucket_bits: Option<u8>,
+    small_batch: Option<SmallBatch>,
 }
 
 /// Publication rules (`[publication]` or inside a region).
@@ -240,6 +264,7 @@ pub struct ServeSettings {
     pub trust_forwarded_for: bool,
     pub max_wrong_codes_per_hour: u32,
     pub json_logs: bool,
+    pub tokens: confidant_server::TokenSettings,
 }
 
 fn resolve_store(args: &StoreArgs, file: &FileSettings) -> Result<StoreSettings> {
@@ -379,6 +404,46 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
     if retention.key_events < retention.keys {
         bail!("key_event_retention_days must be at least key_retention_days");
     }
+    let token_defaults = confidant_server::TokenSettings::default();
+    let tokens = confidant_server::TokenSettings {
+        area_chars: args
+            .token_area_chars
+            .or(file.tokens.area_chars)
+            .unwrap_or(token_defaults.area_chars),
+        max_level: args
+            .token_max_level
+            .or(file.tokens.max_level)
+            .unwrap_or(token_defaults.max_level),
+    };
+    if !(1..=16).contains(&tokens.area_chars) {
+        bail!(
+            "token_area_chars must be 1 to 16 (postal-code characters an area keeps), got {}",
+            tokens.area_chars
+        );
+    }
+    if tokens.max_level > confidant_core::encounter::LEVEL_CEILING {
+        bail!(
+            "token_max_level must be at most {}, got {}",
+            confidant_core::encounter::LEVEL_CEILING,
+            tokens.max_level
+        );
+    }
+    let publication_defaults = confidant_server::TokenPublication::default();
+    let bucket_bits = file
+        .tokens
+        .bucket_bits
+        .unwrap_or(publication_defaults.mode.bucket_bits);
+    let mode = confidant_core::tokenfile::FilterMode {
+        // Without confirmation files the filter alone decides: 2^-40 by default.
+        fp_bits: file.tokens.fp_bits.unwrap_or(if bucket_bits == 0 {
+            confidant_core::tokenfile::FilterMode::UNCONFIRMED.fp_bits
+        } else {
+            publication_defaults.mode.fp_bits
+        }),
+        bucket_bits,
+    };
+    mode.validate()
+        .map_err(|e| anyhow::anyhow!("[tokens]: {e}"))?;
     Ok(ServeSettings {
         publish_to,
         publish: PublishSettings {
@@ -387,7 +452,16 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
             default_policy,
             retention,
             janitor_interval: file.janitor_interval.unwrap_or(3600).max(1),
+            tokens: confidant_server::TokenPublication {
+                mode,
+                small_batch: file
+                    .tokens
+                    .small_batch
+                    .unwrap_or(publication_defaults.small_batch),
+                key_id: publication_defaults.key_id,
+            },
         },
+        tokens,
         retrieval_secret: load_or_create_secret(&retrieval_path)?,
         publish_every: args
             .publish_every

@@ -9,6 +9,8 @@
 //! - [`upload`]: the provider's code, the native `/v1` upload and the COVID Shield upload.
 //! - [`encounter`]: the encounter-token protocol: ephemeral X25519 keys per 15 minutes, their
 //!   broadcast slices, encounters between key pairs, report/check tokens, the encounter store.
+//! - [`tokens`]: the encounter-token API (TAN, nonces, uploads, chained uploads, research) and
+//!   the download of an area's signed token files, matched against the phone's check tokens.
 //!
 //! The crate does I/O only over HTTP and on its own state files. Time always comes in as a
 //! `now` argument (unix seconds), so simulations and tests drive it with any clock. The
@@ -24,6 +26,7 @@ pub mod observations;
 pub mod risk;
 pub mod schedule;
 mod state_file;
+pub mod tokens;
 pub mod upload;
 
 pub use encounter::{

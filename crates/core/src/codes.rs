@@ -25,9 +25,13 @@ pub enum CodeFormat {
     Short,
     Long,
     Card,
+    /// A TAN of external origin: the health authority generated it and imported a list of
+    /// them ([`normalize_tan`]). Never issued here; redeemed for encounter-token nonces only.
+    Tan,
 }
 
 impl CodeFormat {
+    /// The formats providers can have issued.
     pub const ALL: [Self; 3] = [Self::Short, Self::Long, Self::Card];
 
     pub fn name(self) -> &'static str {
@@ -35,11 +39,18 @@ impl CodeFormat {
             Self::Short => "short",
             Self::Long => "long",
             Self::Card => "card",
+            Self::Tan => "tan",
         }
     }
 
+    /// An issuable format by name (`tan` is not one).
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.name() == text)
+    }
+
+    /// Any stored format by name, TANs included.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        Self::parse(text).or((text == "tan").then_some(Self::Tan))
     }
 }
 
@@ -67,9 +78,15 @@ impl CodePolicy {
             CodeFormat::Short => self.short_ttl_seconds,
             CodeFormat::Long => self.long_ttl_seconds,
             CodeFormat::Card => self.card_ttl_seconds,
+            CodeFormat::Tan => MAX_TAN_TTL_SECONDS,
         }
     }
 }
+
+/// The longest a TAN list may stay valid after its import.
+pub const MAX_TAN_TTL_SECONDS: u64 = 90 * 86_400;
+/// TANs shorter than this are too easy to guess.
+pub const MIN_TAN_CHARS: usize = 8;
 
 /// A freshly generated code, shown once to the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +117,16 @@ impl OneTimeCode {
                     }
                 }
                 out
+            }
+            // TANs come from the health authority; generating one here is for tests and
+            // demos: 16 card characters (80 bits).
+            CodeFormat::Tan => {
+                let mut bytes = [0u8; 10];
+                rng.fill_bytes(&mut bytes);
+                let value = bytes.iter().fold(0u128, |v, b| (v << 8) | u128::from(*b));
+                (0..16)
+                    .map(|i| CARD_ALPHABET[((value >> (5 * i)) & 31) as usize] as char)
+                    .collect()
             }
             CodeFormat::Card => {
                 let mut bytes = [0u8; 16];
@@ -167,6 +194,27 @@ pub fn normalize_code(typed: &str) -> Result<String, &'static str> {
     Ok(code)
 }
 
+/// A TAN as typed or as listed in an import, normalised like a code (separators and spaces
+/// removed, upper case) but without a check character: the authority's TANs have their own
+/// format. `Err` says why it cannot be a TAN.
+pub fn normalize_tan(typed: &str) -> Result<String, &'static str> {
+    let tan: String = typed
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if !tan.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("a TAN has only letters and digits");
+    }
+    if tan.len() < MIN_TAN_CHARS {
+        return Err("a TAN has at least 8 letters or digits");
+    }
+    if tan.len() > 64 {
+        return Err("a TAN is at most 64 characters");
+    }
+    Ok(tan)
+}
+
 /// HMAC-SHA256 under the server secret, with a distinct label per kind of value.
 #[derive(Clone)]
 pub struct KeyedHasher {
@@ -196,6 +244,11 @@ impl KeyedHasher {
     /// Of a bearer token (provider API token or upload token).
     pub fn token(&self, token: &str) -> Digest {
         self.hash(b"token", token.as_bytes())
+    }
+
+    /// Of an encounter-token upload nonce.
+    pub fn nonce(&self, nonce: &[u8; 32]) -> Digest {
+        self.hash(b"nonce", nonce)
     }
 
     /// The X25519 secret of a COVID Shield claim's server key, derived rather than stored.

@@ -113,6 +113,13 @@ pub enum Command {
         label: String,
     },
     RevokeToken(AdminTokenId),
+    /// A health authority's TAN list (keyed hashes), tied to `provider`, valid until
+    /// `expires_at`.
+    ImportTans {
+        provider: ProviderId,
+        tans: Vec<Digest>,
+        expires_at: UnixSeconds,
+    },
 }
 
 impl Command {
@@ -140,6 +147,7 @@ impl Command {
             Command::InvalidateProviderCodes(_) => "provider.invalidate_codes",
             Command::CreateToken { .. } => "token.create",
             Command::RevokeToken(_) => "token.revoke",
+            Command::ImportTans { .. } => "tans.import",
         }
     }
 }
@@ -151,6 +159,11 @@ pub struct Outcome {
     pub changed: bool,
     pub submissions_withdrawn: u32,
     pub keys_withdrawn: u32,
+    /// Encounter-token hashes withdrawn with their submissions.
+    pub tokens_withdrawn: u32,
+    pub tans_imported: u32,
+    /// TANs of the list already stored (or repeated in it).
+    pub tans_skipped: u32,
     pub codes_invalidated: u32,
     /// De-registration: requested keys the store does not hold (never submitted, or already
     /// forgotten by retention).
@@ -170,6 +183,15 @@ impl Outcome {
         }
         if self.keys_withdrawn > 0 {
             parts.push(format!("withdrew {} key(s)", self.keys_withdrawn));
+        }
+        if self.tokens_withdrawn > 0 {
+            parts.push(format!("withdrew {} token hash(es)", self.tokens_withdrawn));
+        }
+        if self.tans_imported > 0 || self.tans_skipped > 0 {
+            parts.push(format!(
+                "imported {} TAN(s), {} already known",
+                self.tans_imported, self.tans_skipped
+            ));
         }
         if self.codes_invalidated > 0 {
             parts.push(format!("invalidated {} code(s)", self.codes_invalidated));
@@ -268,15 +290,24 @@ pub fn decide(
                 effects.push(Event::ProviderRevoked { provider: *id });
             }
             if let Some(since) = withdraw_since_hour {
-                let submissions: Vec<TrackingId> = state
+                let mut submissions: Vec<TrackingId> = state
                     .submissions
                     .iter()
                     .filter(|(_, s)| s.provider == *id && s.hour >= *since && !s.withdrawn)
                     .map(|(tracking_id, _)| *tracking_id)
                     .collect();
+                submissions.extend(
+                    state
+                        .token_submissions
+                        .iter()
+                        .filter(|(_, s)| s.provider == *id && s.hour >= *since && !s.withdrawn)
+                        .map(|(tracking_id, _)| *tracking_id),
+                );
+                submissions.sort_unstable();
                 if !submissions.is_empty() {
                     outcome.submissions_withdrawn = submissions.len() as u32;
                     outcome.keys_withdrawn = live_keys_of(state, &submissions);
+                    outcome.tokens_withdrawn = live_tokens_of(state, &submissions);
                     effects.push(Event::SubmissionsWithdrawn {
                         submissions,
                         serial,
@@ -286,15 +317,17 @@ pub fn decide(
             (id.to_hex(), effects)
         }
         Command::WithdrawSubmission(id) => {
-            let submission = state
-                .submissions
-                .get(id)
-                .ok_or(DomainError::NoSuchSubmission)?;
-            let effects = if submission.withdrawn {
+            let withdrawn = match (state.submissions.get(id), state.token_submissions.get(id)) {
+                (Some(submission), _) => submission.withdrawn,
+                (None, Some(submission)) => submission.withdrawn,
+                (None, None) => return Err(DomainError::NoSuchSubmission),
+            };
+            let effects = if withdrawn {
                 Vec::new()
             } else {
                 outcome.submissions_withdrawn = 1;
                 outcome.keys_withdrawn = live_keys_of(state, &[*id]);
+                outcome.tokens_withdrawn = live_tokens_of(state, &[*id]);
                 vec![Event::SubmissionsWithdrawn {
                     submissions: vec![*id],
                     serial,
@@ -385,6 +418,25 @@ pub fn decide(
                 }],
             )
         }
+        Command::ImportTans {
+            provider,
+            tans,
+            expires_at,
+        } => {
+            let (event, skipped) = crate::rules::import_tans(
+                *provider,
+                state.providers.get(provider),
+                tans,
+                |tan| state.codes.contains_key(tan),
+                *expires_at,
+                now,
+            )?;
+            outcome.tans_skipped = skipped;
+            if let Some(Event::TansImported { tans, .. }) = &event {
+                outcome.tans_imported = tans.len() as u32;
+            }
+            (provider.to_hex(), event.into_iter().collect())
+        }
         Command::RevokeToken(token) => {
             let existing = state
                 .admin_tokens
@@ -428,6 +480,21 @@ fn live_keys_of(state: &State, submissions: &[TrackingId]) -> u32 {
         .keys
         .values()
         .filter(|k| k.withdrawn.is_none() && wanted.contains(&k.submission))
+        .count() as u32
+}
+
+fn live_tokens_of(state: &State, submissions: &[TrackingId]) -> u32 {
+    let wanted: BTreeSet<&TrackingId> = submissions.iter().collect();
+    if !submissions
+        .iter()
+        .any(|id| state.token_submissions.contains_key(id))
+    {
+        return 0;
+    }
+    state
+        .tokens
+        .values()
+        .filter(|t| t.withdrawn.is_none() && wanted.contains(&t.submission))
         .count() as u32
 }
 

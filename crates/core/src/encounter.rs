@@ -6,7 +6,10 @@
 //! ephemeral keys) lives in the client: the server never sees a key, only hashes and, for a
 //! chained upload, one check-token preimage. See `docs/encounter-tokens.md`.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::ids::Region;
 
 /// Domain separation for [`Token::hash`], so a token's hash cannot collide with any other
 /// SHA-256 use in the system.
@@ -16,9 +19,7 @@ const HASH_LABEL: &[u8] = b"confidant/encounter-token/v1\0";
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Token(pub [u8; 32]);
 
-/// H(token): what is uploaded and published. 16 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct TokenHash(pub [u8; 16]);
+pub use crate::ids::TokenHash;
 
 impl Token {
     /// The first 16 bytes of SHA-256("confidant/encounter-token/v1\0" ‖ token).
@@ -45,22 +46,54 @@ impl Token {
     }
 }
 
-impl TokenHash {
-    /// Lower-case hex, 32 characters.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Exactly 32 hex characters, either case; anything else is `None`.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        let mut bytes = [0u8; 16];
-        hex::decode_to_slice(s, &mut bytes).ok()?;
-        Some(Self(bytes))
-    }
-}
-
 /// Notification level: 0 = reported with a TAN, n+1 = chained from a proven level-n encounter.
 pub type Level = u8;
+
+/// The highest level any deployment may configure (a chain longer than this notifies people
+/// who never met anyone infected).
+pub const LEVEL_CEILING: Level = 8;
+
+/// One uploaded token hash as stored: the UTC day of the encounter and the coarse area it is
+/// published in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UploadedToken {
+    pub hash: TokenHash,
+    /// UTC day number (unix seconds / 86 400).
+    pub day: u32,
+    pub area: Region,
+}
+
+/// A coarse area: the first `chars` letters or digits of a postal code, upper case. `Err`
+/// says what is accepted. Coarsening happens here so that no finer location is ever stored.
+pub fn coarse_area(postal: &str, chars: usize) -> Result<Region, String> {
+    let cleaned: String = postal
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    if !cleaned.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("an area is a postal code or its prefix: letters and digits only".into());
+    }
+    if cleaned.len() < chars {
+        return Err(format!(
+            "an area needs at least its first {chars} postal-code characters, got {}",
+            cleaned.len()
+        ));
+    }
+    Region::try_from(cleaned[..chars].to_owned())
+}
+
+/// One research record, from an encounter proven by its preimage: no identifier, no time
+/// finer than the day. Stored only as counts per cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResearchCell {
+    pub day: u32,
+    /// [`DurationBucket::code`].
+    pub duration: u8,
+    /// [`AttenuationBucket::code`].
+    pub attenuation: u8,
+    pub level: Level,
+}
 
 /// Duration buckets (minutes): <5 is not an encounter; 5–10, 10–15, 15–30, 30 (a split long
 /// contact).

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::UnixSeconds;
 use crate::codes::CodeFormat;
 use crate::corrections::{Actor, Scope};
+use crate::encounter::{Level, ResearchCell, TokenHash, UploadedToken};
 use crate::ids::{AdminTokenId, ClaimId, Digest, KeyData, ProviderId, Region, TrackingId};
 use crate::publish::{PublishedFile, Stream};
 use crate::state::{Credential, StoredKey};
@@ -123,6 +124,50 @@ pub enum Event {
     AdminTokenRevoked {
         token: AdminTokenId,
     },
+    /// A health authority's list of TANs: codes of external origin, stored as keyed hashes
+    /// and tied to the importing provider.
+    TansImported {
+        provider: ProviderId,
+        tans: Vec<Digest>,
+        expires_at: UnixSeconds,
+    },
+    /// A TAN exchanged for single-use upload nonces, one claim each.
+    TanRedeemed {
+        code_hash: Digest,
+        provider: ProviderId,
+        region: Region,
+        expires_at: UnixSeconds,
+        /// Tokens each nonce may upload.
+        token_budget: u32,
+        nonces: Vec<NonceClaim>,
+    },
+    /// Encounter-token hashes accepted: with a nonce (`claim`) at level 0, or chained at
+    /// `level` = n + 1 by revealing the preimage of the published level-n hash `proof`.
+    TokensSubmitted {
+        submission: TrackingId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim: Option<ClaimId>,
+        provider: ProviderId,
+        /// Unix hours.
+        hour: u64,
+        level: Level,
+        tokens: Vec<UploadedToken>,
+        /// Hashes already stored (or repeated), skipped.
+        skipped: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<TokenHash>,
+    },
+    /// Proven encounters whose research data was recorded: each preimage contributes once.
+    /// Key material (purged with the tokens); the data itself is in `ResearchRecorded`.
+    TokensResearched {
+        hashes: Vec<TokenHash>,
+        /// The latest submission hour of the tokens.
+        hour: u64,
+    },
+    /// Opt-in research records, without identifiers, in random order. Never purged.
+    ResearchRecorded {
+        cells: Vec<ResearchCell>,
+    },
     /// Who did what, when and why: the audit trail. Recorded with every operator action,
     /// and never purged (it holds no personal data).
     AdminAction {
@@ -140,6 +185,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         withdrawal: Option<u64>,
     },
+}
+
+/// One nonce of a redeemed TAN: its claim and the keyed hash of the nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NonceClaim {
+    pub claim: ClaimId,
+    pub nonce_hash: Digest,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +235,10 @@ impl Event {
     /// purged from the log.
     pub fn key_material_hour(&self) -> Option<u64> {
         match self {
-            Self::KeysSubmitted { hour, .. } | Self::KeysWithdrawn { hour, .. } => Some(*hour),
+            Self::KeysSubmitted { hour, .. }
+            | Self::KeysWithdrawn { hour, .. }
+            | Self::TokensSubmitted { hour, .. }
+            | Self::TokensResearched { hour, .. } => Some(*hour),
             _ => None,
         }
     }
@@ -206,6 +261,11 @@ impl Event {
             Self::AdminTokenCreated { .. } => "admin_token_created",
             Self::AdminTokenRevoked { .. } => "admin_token_revoked",
             Self::AdminAction { .. } => "admin_action",
+            Self::TansImported { .. } => "tans_imported",
+            Self::TanRedeemed { .. } => "tan_redeemed",
+            Self::TokensSubmitted { .. } => "tokens_submitted",
+            Self::TokensResearched { .. } => "tokens_researched",
+            Self::ResearchRecorded { .. } => "research_recorded",
         }
     }
 }

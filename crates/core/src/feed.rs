@@ -268,19 +268,25 @@ fn key_number(key: &KeyData) -> u128 {
     u128::from_be_bytes(key.0)
 }
 
-fn check_key_id(key_id: &str) -> Result<(), FeedError> {
+/// What is wrong with a key id, if anything: the rule every signed file format of this crate
+/// shares (`tokenfile` too).
+pub(crate) fn key_id_problem(key_id: &str) -> Option<String> {
     if key_id.is_empty() || key_id.len() > MAX_KEY_ID_LEN {
-        return Err(FeedError::BadKeyId(format!(
+        return Some(format!(
             "a key id is 1 to {MAX_KEY_ID_LEN} bytes, got {}",
             key_id.len()
-        )));
+        ));
     }
     if !key_id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(FeedError::BadKeyId(format!(
+        return Some(format!(
             "a key id is printable ASCII without spaces (0x21..=0x7E), got {key_id:?}"
-        )));
+        ));
     }
-    Ok(())
+    None
+}
+
+fn check_key_id(key_id: &str) -> Result<(), FeedError> {
+    key_id_problem(key_id).map_or(Ok(()), |problem| Err(FeedError::BadKeyId(problem)))
 }
 
 /// The rules on seq, prev and the window that encoder and decoder share.

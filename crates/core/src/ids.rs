@@ -79,6 +79,11 @@ hex_bytes!(
 );
 hex_bytes!(Key32, 32, "An X25519 public or secret key.");
 hex_bytes!(
+    TokenHash,
+    16,
+    "H(encounter token): what is uploaded and published (`encounter`)."
+);
+hex_bytes!(
     AdminTokenId,
     8,
     "An operator's admin API token (its public half: the secret is stored only as a hash)."

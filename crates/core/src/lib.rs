@@ -17,6 +17,7 @@ pub mod logfile;
 pub mod publish;
 pub mod rules;
 pub mod state;
+pub mod tokenfile;
 
 pub use codes::{CodeFormat, CodePolicy, KeyedHasher, OneTimeCode};
 pub use corrections::{Actor, Scope};

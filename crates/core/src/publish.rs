@@ -25,16 +25,20 @@ pub enum Stream {
     Daily,
     /// The native feed: a delta per feed period, and periodic snapshots.
     Feed,
+    /// Encounter-token batches of an area (`docs/token-files.md`): a raw list, a filter and
+    /// its confirmation buckets per export period.
+    Tokens,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 3] = [Stream::Exports, Stream::Daily, Stream::Feed];
+    pub const ALL: [Stream; 4] = [Stream::Exports, Stream::Daily, Stream::Feed, Stream::Tokens];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Exports => "exports",
             Self::Daily => "daily",
             Self::Feed => "feed",
+            Self::Tokens => "tokens",
         }
     }
 
@@ -141,7 +145,7 @@ impl Default for PublicationPolicy {
 impl PublicationPolicy {
     pub fn period(&self, stream: Stream) -> u64 {
         match stream {
-            Stream::Exports => self.export_period,
+            Stream::Exports | Stream::Tokens => self.export_period,
             Stream::Daily => 86_400,
             Stream::Feed => self.feed_period,
         }
@@ -157,6 +161,37 @@ pub fn available_at(submission_hour: u64, key: &StoredKey, embargo_margin: u64) 
     let submitted = (submission_hour + 1) * 3600;
     let valid_until = u64::from(key.rolling_start + key.rolling_period) * 600;
     submitted.max(valid_until + embargo_margin)
+}
+
+/// When an uploaded token hash may first be published: after its submission hour has ended
+/// (tokens are never broadcast, so no embargo beyond that).
+pub fn token_available_at(submission_hour: u64) -> UnixSeconds {
+    (submission_hour + 1) * 3600
+}
+
+/// Whether the area's token stream has published a token of `submission_hour`.
+pub fn token_published(cursor: Option<&Cursor>, submission_hour: u64) -> bool {
+    cursor.is_some_and(|c| token_available_at(submission_hour) < c.held_from)
+}
+
+/// Random token hashes that copy the day and level of randomly chosen real ones, for a small
+/// batch's padding: they match no phone's check token. `real` must not be empty.
+pub fn padding_tokens(
+    real: &[crate::tokenfile::PublishedToken],
+    count: u32,
+    rng: &mut impl RngCore,
+) -> Vec<crate::tokenfile::PublishedToken> {
+    (0..count)
+        .map(|_| {
+            let model = real[rng.next_u32() as usize % real.len()];
+            let mut hash = [0u8; 16];
+            rng.fill_bytes(&mut hash);
+            crate::tokenfile::PublishedToken {
+                hash: crate::encounter::TokenHash(hash),
+                ..model
+            }
+        })
+        .collect()
 }
 
 /// The earliest submission hour whose keys can become available at or after `from`: a key is

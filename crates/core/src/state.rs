@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 use crate::UnixSeconds;
 use crate::codes::CodeFormat;
 use crate::corrections::Scope;
+use crate::encounter::{Level, ResearchCell, TokenHash};
 use crate::event::Event;
 use crate::ids::{AdminTokenId, ClaimId, Digest, Key32, KeyData, ProviderId, Region, TrackingId};
 use crate::publish::{Cursor, FileRecord, Stream};
@@ -54,6 +55,9 @@ pub enum Credential {
         app_public_key: Key32,
         server_public_key: Key32,
     },
+    /// Encounter tokens: one single-use nonce from a redeemed TAN, stored as its keyed hash.
+    /// Such a claim uploads token hashes only, never GAEN keys.
+    Nonce { nonce_hash: Digest },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +105,41 @@ pub struct KeyRecord {
     pub withdrawn: Option<u64>,
 }
 
+/// An upload of encounter-token hashes: with a TAN's nonce (level 0) or chained from a proven
+/// encounter (level n+1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSubmission {
+    /// The nonce's claim; `None` for a chained upload, which a preimage authorised.
+    pub claim: Option<ClaimId>,
+    /// The provider behind the report: the TAN's importer, or for a chained upload the
+    /// provider of the proven encounter's upload, so that revoking it reaches the chain.
+    pub provider: ProviderId,
+    /// Unix hours.
+    pub hour: u64,
+    pub level: Level,
+    pub inserted: u32,
+    pub skipped: u32,
+    pub withdrawn: bool,
+}
+
+/// A stored token hash, published in its area.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub submission: TrackingId,
+    pub area: Region,
+    /// UTC day of the encounter.
+    pub day: u32,
+    pub level: Level,
+    /// The submission's hour: publication and retention select by it.
+    pub hour: u64,
+    /// The withdrawal that took it back (its serial number), if any.
+    pub withdrawn: Option<u64>,
+    /// Its preimage authorised a chained upload: it cannot do so again.
+    pub proved: bool,
+    /// Its preimage contributed research data: it cannot do so again.
+    pub researched: bool,
+}
+
 /// An operator's admin API token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminToken {
@@ -121,6 +160,11 @@ pub struct State {
     /// Live published files by path.
     pub files: BTreeMap<String, FileRecord>,
     pub admin_tokens: BTreeMap<AdminTokenId, AdminToken>,
+    pub token_submissions: BTreeMap<TrackingId, TokenSubmission>,
+    pub tokens: BTreeMap<TokenHash, TokenRecord>,
+    /// Opt-in research data: counts per cell, kept apart from tracing data and never purged
+    /// (a cell identifies no one; exports show only cells above a k-anonymity threshold).
+    pub research: BTreeMap<ResearchCell, u64>,
     /// Serial number of the last withdrawal: publication streams record how far they have
     /// revoked withdrawn keys.
     pub withdrawals: u64,
@@ -279,6 +323,9 @@ impl State {
                     .retain(|_, c| c.expires_at > *now && c.budget_remaining > 0);
                 self.submissions.retain(|_, s| s.hour >= *keys_before_hour);
                 self.keys.retain(|_, k| k.hour >= *keys_before_hour);
+                self.token_submissions
+                    .retain(|_, s| s.hour >= *keys_before_hour);
+                self.tokens.retain(|_, t| t.hour >= *keys_before_hour);
                 self.files.retain(|_, f| f.end > *files_ending_by);
             }
             Event::ProviderRevoked { provider } => {
@@ -299,6 +346,20 @@ impl State {
                 for record in self.keys.values_mut() {
                     if record.withdrawn.is_none() && withdrawn.contains(&record.submission) {
                         record.withdrawn = Some(*serial);
+                    }
+                }
+                let mut tokens_withdrawn = false;
+                for id in &withdrawn {
+                    if let Some(s) = self.token_submissions.get_mut(id) {
+                        s.withdrawn = true;
+                        tokens_withdrawn = true;
+                    }
+                }
+                if tokens_withdrawn {
+                    for record in self.tokens.values_mut() {
+                        if record.withdrawn.is_none() && withdrawn.contains(&record.submission) {
+                            record.withdrawn = Some(*serial);
+                        }
                     }
                 }
                 self.withdrawals = self.withdrawals.max(*serial);
@@ -339,6 +400,106 @@ impl State {
                     t.revoked = true;
                 }
             }
+            Event::TansImported {
+                provider,
+                tans,
+                expires_at,
+            } => {
+                for tan in tans {
+                    self.codes.insert(
+                        *tan,
+                        Code {
+                            provider: *provider,
+                            format: CodeFormat::Tan,
+                            expires_at: *expires_at,
+                            redeemed: false,
+                        },
+                    );
+                }
+            }
+            Event::TanRedeemed {
+                code_hash,
+                provider,
+                region,
+                expires_at,
+                token_budget,
+                nonces,
+            } => {
+                if let Some(code) = self.codes.get_mut(code_hash) {
+                    code.redeemed = true;
+                }
+                for nonce in nonces {
+                    self.claims.insert(
+                        nonce.claim,
+                        Claim {
+                            provider: *provider,
+                            region: region.clone(),
+                            expires_at: *expires_at,
+                            budget_remaining: *token_budget,
+                            credential: Credential::Nonce {
+                                nonce_hash: nonce.nonce_hash,
+                            },
+                        },
+                    );
+                }
+            }
+            Event::TokensSubmitted {
+                submission,
+                claim,
+                provider,
+                hour,
+                level,
+                tokens,
+                skipped,
+                proof,
+            } => {
+                // A nonce is single-use: its claim is spent, and retention forgets it.
+                if let Some(c) = claim.and_then(|id| self.claims.get_mut(&id)) {
+                    c.budget_remaining = 0;
+                }
+                if let Some(t) = proof.and_then(|hash| self.tokens.get_mut(&hash)) {
+                    t.proved = true;
+                }
+                self.token_submissions.insert(
+                    *submission,
+                    TokenSubmission {
+                        claim: *claim,
+                        provider: *provider,
+                        hour: *hour,
+                        level: *level,
+                        inserted: tokens.len() as u32,
+                        skipped: *skipped,
+                        withdrawn: false,
+                    },
+                );
+                for token in tokens {
+                    self.tokens.insert(
+                        token.hash,
+                        TokenRecord {
+                            submission: *submission,
+                            area: token.area.clone(),
+                            day: token.day,
+                            level: *level,
+                            hour: *hour,
+                            withdrawn: None,
+                            proved: false,
+                            researched: false,
+                        },
+                    );
+                }
+            }
+            Event::TokensResearched { hashes, .. } => {
+                for hash in hashes {
+                    if let Some(t) = self.tokens.get_mut(hash) {
+                        t.researched = true;
+                    }
+                }
+            }
+            Event::ResearchRecorded { cells } => {
+                for cell in cells {
+                    *self.research.entry(*cell).or_default() += 1;
+                }
+            }
             // The audit trail is the log itself.
             Event::AdminAction { withdrawal, .. } => {
                 if let Some(serial) = withdrawal {
@@ -359,6 +520,9 @@ impl State {
         digest.table("cursors", &self.cursors);
         digest.table("files", &self.files);
         digest.table("admin_tokens", &self.admin_tokens);
+        digest.table("token_submissions", &self.token_submissions);
+        digest.table("tokens", &self.tokens);
+        digest.table("research", &self.research);
         digest.finish(self.withdrawals)
     }
 

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::bodies::{self, CreateTokenRequest, RegisterRequest, RevokeRequest};
+use crate::bodies::{self, CreateTokenRequest, RegisterRequest, RevokeRequest, provider_id};
 use crate::problem::Problem;
 use crate::v1::{BODY_LIMIT, bearer, random_bytes, read_body, rfc3339};
 
@@ -66,7 +66,15 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/v1/tokens", get(list_tokens).post(create_token))
         .route("/admin/v1/tokens/{id}/revoke", post(revoke_token))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // A list of 100,000 TANs with their line breaks.
+        .route(
+            "/admin/v1/tans",
+            post(import_tans).layer(DefaultBodyLimit::max(TAN_BODY_LIMIT)),
+        )
 }
+
+/// Bytes of a TAN import: [`bodies::MAX_TANS_PER_IMPORT`] TANs of up to 64 characters.
+const TAN_BODY_LIMIT: usize = 8 << 20;
 
 /// Mints an admin token: the secret to hand over once (`cadm_<id>_<43 base64url chars>`, the
 /// whole string stored only as `hasher.token`), and the command that records it.
@@ -151,15 +159,6 @@ async fn correct(
         .store
         .correct(command, Actor::Token(admin.id), state.now(), reason)
         .await?)
-}
-
-fn provider_id(text: &str) -> Result<ProviderId, Problem> {
-    ProviderId::from_hex(text).ok_or_else(|| {
-        Problem::bad_request(
-            "malformed_provider_id",
-            "a provider id is 16 hexadecimal characters",
-        )
-    })
 }
 
 fn tracking_id(text: &str) -> Result<TrackingId, Problem> {
@@ -328,6 +327,7 @@ async fn revoke_provider(
         "status": "revoked",
         "submissionsWithdrawn": outcome.submissions_withdrawn,
         "keysWithdrawn": outcome.keys_withdrawn,
+        "tokensWithdrawn": outcome.tokens_withdrawn,
     });
     if let Some(hour) = withdraw_since_hour {
         body["withdrawnSince"] = rfc3339(hour * 3600).into();
@@ -468,6 +468,7 @@ async fn withdraw_submission(
         "changed": outcome.changed,
         "submissionsWithdrawn": outcome.submissions_withdrawn,
         "keysWithdrawn": outcome.keys_withdrawn,
+        "tokensWithdrawn": outcome.tokens_withdrawn,
     })))
 }
 
@@ -607,6 +608,75 @@ async fn create_token(
         "scope": scope.name(),
         "label": label,
         "token": secret,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TanImportQuery {
+    provider: Option<String>,
+    expires_at: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /admin/v1/tans`: a health authority's TAN list, as JSON or as `text/csv` (then the
+/// provider, expiry and reason come as query parameters).
+async fn import_tans(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<TanImportQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let admin = authorize(&state, &headers, Scope::Operate).await?;
+    let body = body.map_err(|rejection| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the TAN list could not be read ({rejection}); the limit is {TAN_BODY_LIMIT} bytes"
+            ),
+        )
+    })?;
+    let csv = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv") || v.starts_with("text/plain"));
+    let request = if csv {
+        let Query(query) = query.map_err(|e| {
+            Problem::bad_request(
+                "malformed_query",
+                format!("expected ?provider=ID&expiresAt=TIME&reason=TEXT: {e}"),
+            )
+        })?;
+        bodies::tan_import_csv(
+            &body,
+            query.provider.as_deref(),
+            query.expires_at.as_deref(),
+            query.reason.as_deref(),
+        )?
+    } else {
+        bodies::tan_import_request(&body)?
+    };
+    let now = state.now();
+    let expires_at = request
+        .expires_at
+        .unwrap_or(now + bodies::DEFAULT_TAN_TTL_SECONDS);
+    let tans = request
+        .tans
+        .iter()
+        .map(|tan| state.hasher.code(tan))
+        .collect();
+    let command = Command::ImportTans {
+        provider: request.provider,
+        tans,
+        expires_at,
+    };
+    let outcome = correct(&state, admin, command, request.reason).await?;
+    Ok(ok(json!({
+        "changed": outcome.changed,
+        "imported": outcome.tans_imported,
+        "skipped": outcome.tans_skipped,
+        "expiresAt": rfc3339(expires_at),
     })))
 }
 

@@ -199,10 +199,17 @@ enum Since {
 
 impl Since {
     fn unix_seconds(&self) -> Result<u64, Problem> {
+        self.unix_seconds_of("malformed_since", "since")
+    }
+
+    /// The time, or `code` naming `field` when it is neither form.
+    fn unix_seconds_of(&self, code: &'static str, field: &str) -> Result<u64, Problem> {
         let malformed = || {
             Problem::bad_request(
-                "malformed_since",
-                "`since` is an RFC 3339 time (e.g. 2027-01-15T08:00:00Z) or unix seconds",
+                code,
+                format!(
+                    "`{field}` is an RFC 3339 time (e.g. 2027-01-15T08:00:00Z) or unix seconds"
+                ),
             )
         };
         match self {
@@ -495,4 +502,338 @@ mod tests {
         assert!(register(&format!(" {}", "x".repeat(MAX_NAME_CHARS))).is_err());
         assert!(register(&"x".repeat(MAX_NAME_CHARS)).is_ok());
     }
+}
+
+/// Most TANs in one import.
+pub const MAX_TANS_PER_IMPORT: usize = 100_000;
+/// How long imported TANs stay valid when the import does not say.
+pub const DEFAULT_TAN_TTL_SECONDS: u64 = 30 * 86_400;
+
+/// A TAN list as a health authority exports it: one TAN per line, optionally with a header
+/// line `tan` and further comma-separated columns (the first column is the TAN); blank lines
+/// and lines starting with `#` are skipped. Returns the normalised TANs, at most `max`.
+pub fn tan_list(text: &[u8], max: usize) -> Result<Vec<String>, Problem> {
+    let text = std::str::from_utf8(text).map_err(|_| {
+        Problem::bad_request(
+            "malformed_tan_list",
+            "a TAN list is UTF-8 text, one TAN per line",
+        )
+    })?;
+    let mut tans = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let first = line
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
+        if first.is_empty()
+            || first.starts_with('#')
+            || (index == 0 && first.eq_ignore_ascii_case("tan"))
+        {
+            continue;
+        }
+        if tans.len() == max {
+            return Err(too_many_tans());
+        }
+        let tan = confidant_core::codes::normalize_tan(first).map_err(|why| {
+            Problem::bad_request("invalid_tan", format!("line {}: {why}", index + 1))
+                .with("line", index + 1)
+        })?;
+        tans.push(tan);
+    }
+    if tans.is_empty() {
+        return Err(Problem::bad_request("no_tans", "the TAN list holds no TAN"));
+    }
+    Ok(tans)
+}
+
+fn too_many_tans() -> Problem {
+    Problem::bad_request(
+        "too_many_tans",
+        format!("at most {MAX_TANS_PER_IMPORT} TANs per import; split the list"),
+    )
+}
+
+/// `POST /admin/v1/tans`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TanImportRequest {
+    pub provider: confidant_core::ProviderId,
+    /// Normalised (`codes::normalize_tan`), ready to hash.
+    pub tans: Vec<String>,
+    /// Unix seconds; `None` means [`DEFAULT_TAN_TTL_SECONDS`] from now.
+    pub expires_at: Option<u64>,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TanImportJson {
+    provider: String,
+    tans: Vec<String>,
+    expires_at: Option<Since>,
+    #[serde(default)]
+    reason: String,
+}
+
+/// A provider id from a path or body.
+pub fn provider_id(text: &str) -> Result<confidant_core::ProviderId, Problem> {
+    confidant_core::ProviderId::from_hex(text).ok_or_else(|| {
+        Problem::bad_request(
+            "malformed_provider_id",
+            "a provider id is 16 hexadecimal characters",
+        )
+    })
+}
+
+/// `POST /admin/v1/tans` as JSON: `{"provider", "tans": [...], "expiresAt"?, "reason"}`.
+pub fn tan_import_request(body: &[u8]) -> Result<TanImportRequest, Problem> {
+    let request: TanImportJson = json(body, None)?;
+    if request.tans.len() > MAX_TANS_PER_IMPORT {
+        return Err(too_many_tans());
+    }
+    if request.tans.is_empty() {
+        return Err(Problem::bad_request("no_tans", "the TAN list holds no TAN"));
+    }
+    let tans = request
+        .tans
+        .iter()
+        .enumerate()
+        .map(|(index, tan)| {
+            confidant_core::codes::normalize_tan(tan).map_err(|why| {
+                Problem::bad_request("invalid_tan", format!("TAN #{index}: {why}"))
+                    .with("tanIndex", index)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TanImportRequest {
+        provider: provider_id(&request.provider)?,
+        tans,
+        expires_at: request
+            .expires_at
+            .map(|t| t.unix_seconds_of("malformed_expires_at", "expiresAt"))
+            .transpose()?,
+        reason: request.reason,
+    })
+}
+
+/// `POST /admin/v1/tans` as `text/csv`: the list in the body ([`tan_list`]), the rest as the
+/// query parameters `provider`, `expiresAt` and `reason`.
+pub fn tan_import_csv(
+    body: &[u8],
+    provider: Option<&str>,
+    expires_at: Option<&str>,
+    reason: Option<&str>,
+) -> Result<TanImportRequest, Problem> {
+    let provider = provider.ok_or_else(|| {
+        Problem::bad_request(
+            "missing_provider",
+            "name the importing provider: ?provider=<16 hex characters>",
+        )
+    })?;
+    Ok(TanImportRequest {
+        provider: provider_id(provider)?,
+        tans: tan_list(body, MAX_TANS_PER_IMPORT)?,
+        expires_at: expires_at
+            .map(|t| Since::Text(t.to_owned()).unix_seconds_of("malformed_expires_at", "expiresAt"))
+            .transpose()?,
+        reason: reason.unwrap_or_default().to_owned(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TanRedeemJson {
+    tan: String,
+}
+
+/// `POST /v1/tokens/redeem`: the TAN, normalised.
+pub fn tan_redeem_request(body: &[u8]) -> Result<String, Problem> {
+    let request: TanRedeemJson = json(body, None)?;
+    confidant_core::codes::normalize_tan(&request.tan)
+        .map_err(|why| Problem::bad_request("malformed_tan", why))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadedTokenJson {
+    hash: String,
+    day: u32,
+    /// This encounter's area, when it differs from the upload's.
+    area: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenUploadJson {
+    nonce: Option<String>,
+    preimage: Option<String>,
+    area: String,
+    tokens: Vec<UploadedTokenJson>,
+    /// Random filler so uploads of different sizes look alike on the wire; ignored.
+    #[serde(default)]
+    #[allow(dead_code)]
+    padding: Option<String>,
+}
+
+/// A token upload: the nonce (level 0) or the preimage (chained), and the hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenUploadRequest {
+    pub authorisation: TokenAuthorisation,
+    pub tokens: Vec<confidant_core::encounter::UploadedToken>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenAuthorisation {
+    Nonce([u8; 32]),
+    /// A matched encounter's check token, which is the uploader's report token.
+    Preimage(confidant_core::encounter::Token),
+}
+
+/// `POST /v1/tokens` (`chained` false: a nonce) and `POST /v1/tokens/chained` (a preimage).
+/// Areas are coarsened to `area_chars` characters here, so no finer place is ever stored.
+pub fn token_upload_request(
+    body: &[u8],
+    chained: bool,
+    area_chars: usize,
+) -> Result<TokenUploadRequest, Problem> {
+    use confidant_core::encounter::{Token, TokenHash, UploadedToken, coarse_area};
+    let request: TokenUploadJson = json(body, None)?;
+    let authorisation = match (chained, &request.nonce, &request.preimage) {
+        (false, Some(nonce), None) => {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(nonce, &mut bytes).map_err(|_| {
+                Problem::bad_request(
+                    "malformed_nonce",
+                    "`nonce` is the 64 hexadecimal characters /v1/tokens/redeem returned",
+                )
+            })?;
+            TokenAuthorisation::Nonce(bytes)
+        }
+        (true, None, Some(preimage)) => {
+            TokenAuthorisation::Preimage(Token::from_hex(preimage).ok_or_else(|| {
+                Problem::bad_request(
+                    "malformed_preimage",
+                    "`preimage` is the matched encounter's check token: 64 hexadecimal characters",
+                )
+            })?)
+        }
+        (false, _, _) => {
+            return Err(Problem::bad_request(
+                "nonce_required",
+                "send `nonce` (and no `preimage`): a chained upload goes to /v1/tokens/chained",
+            ));
+        }
+        (true, _, _) => {
+            return Err(Problem::bad_request(
+                "preimage_required",
+                "send `preimage` (and no `nonce`): an upload with a nonce goes to /v1/tokens",
+            ));
+        }
+    };
+    let area = coarse_area(&request.area, area_chars)
+        .map_err(|why| Problem::bad_request("invalid_area", why))?;
+    let tokens = request
+        .tokens
+        .into_iter()
+        .enumerate()
+        .map(|(index, token)| {
+            let hash = TokenHash::from_hex(&token.hash).ok_or_else(|| {
+                Problem::bad_request(
+                    "invalid_token_hash",
+                    format!("token #{index}: `hash` is 32 hexadecimal characters (16 bytes)"),
+                )
+                .with("tokenIndex", index)
+            })?;
+            let area = match &token.area {
+                None => area.clone(),
+                Some(text) => coarse_area(text, area_chars).map_err(|why| {
+                    Problem::bad_request("invalid_area", format!("token #{index}: {why}"))
+                        .with("tokenIndex", index)
+                })?,
+            };
+            Ok(UploadedToken {
+                hash,
+                day: token.day,
+                area,
+            })
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(TokenUploadRequest {
+        authorisation,
+        tokens,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResearchJson {
+    contributions: Vec<ContributionJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContributionJson {
+    preimage: String,
+    duration: u8,
+    attenuation: u8,
+}
+
+/// Most research contributions in one request.
+pub const MAX_RESEARCH_CONTRIBUTIONS: usize = 1000;
+
+/// `POST /v1/research`: per proven encounter, its preimage and bucket codes.
+pub fn research_request(
+    body: &[u8],
+) -> Result<
+    Vec<(
+        confidant_core::encounter::Token,
+        confidant_core::encounter::DurationBucket,
+        confidant_core::encounter::AttenuationBucket,
+    )>,
+    Problem,
+> {
+    use confidant_core::encounter::{AttenuationBucket, DurationBucket, Token};
+    let request: ResearchJson = json(body, None)?;
+    if request.contributions.is_empty() || request.contributions.len() > MAX_RESEARCH_CONTRIBUTIONS
+    {
+        return Err(Problem::bad_request(
+            "invalid_contribution_count",
+            format!(
+                "send 1 to {MAX_RESEARCH_CONTRIBUTIONS} contributions; got {}",
+                request.contributions.len()
+            ),
+        ));
+    }
+    request
+        .contributions
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let bad = |code: &'static str, why: &str| {
+                Problem::bad_request(code, format!("contribution #{index}: {why}"))
+                    .with("contributionIndex", index)
+            };
+            Ok((
+                Token::from_hex(&c.preimage).ok_or_else(|| {
+                    bad(
+                        "malformed_preimage",
+                        "`preimage` is 64 hexadecimal characters",
+                    )
+                })?,
+                DurationBucket::from_code(c.duration).ok_or_else(|| {
+                    bad(
+                        "invalid_duration_bucket",
+                        "`duration` is a bucket code 0 to 3",
+                    )
+                })?,
+                AttenuationBucket::from_code(c.attenuation).ok_or_else(|| {
+                    bad(
+                        "invalid_attenuation_bucket",
+                        "`attenuation` is a bucket code 0 to 3",
+                    )
+                })?,
+            ))
+        })
+        .collect()
 }

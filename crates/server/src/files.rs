@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -321,29 +321,25 @@ async fn serve(state: &AppState, method: &Method, headers: &HeaderMap, path: Str
     (StatusCode::OK, response_headers, body).into_response()
 }
 
-async fn exports(
-    State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    UrlPath(rest): UrlPath<String>,
-) -> Response {
-    serve(&state, &method, &headers, format!("exports/{rest}")).await
+/// `GET` (and so `HEAD`) of the file store's folder `name`.
+fn folder(name: &'static str) -> MethodRouter<AppState> {
+    get(
+        move |State(state): State<AppState>,
+              method: Method,
+              headers: HeaderMap,
+              UrlPath(rest): UrlPath<String>| async move {
+            serve(&state, &method, &headers, format!("{name}/{rest}")).await
+        },
+    )
 }
 
-async fn feed(
-    State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    UrlPath(rest): UrlPath<String>,
-) -> Response {
-    serve(&state, &method, &headers, format!("feed/{rest}")).await
-}
-
-/// `GET`/`HEAD /exports/…` and `/feed/…` (axum answers HEAD through the GET route).
+/// `GET`/`HEAD /exports/…`, `/feed/…` and `/tokens/…` (axum answers HEAD through the GET
+/// route).
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/exports/{*path}", get(exports))
-        .route("/feed/{*path}", get(feed))
+        .route("/exports/{*path}", folder("exports"))
+        .route("/feed/{*path}", folder("feed"))
+        .route("/tokens/{*path}", folder("tokens"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Confidant's HTTP surfaces: the native JSON API (`/v1`), the operators' admin API
 //! (`/admin/v1`), the COVID Shield compatibility protocol (uploads and retrieval), published
-//! files (`/exports`, `/feed`), metrics and health endpoints, the OpenAPI description
+//! files (`/exports`, `/feed`, `/tokens`), metrics and health endpoints, the OpenAPI description
 //! (`/openapi.json`), and the background publisher and janitor. Only this crate knows HTTP
 //! and JSON.
 //!
@@ -21,6 +21,7 @@ mod openapi;
 mod problem;
 pub mod publisher;
 mod retrieve;
+mod tokens;
 mod v1;
 
 use std::net::SocketAddr;
@@ -40,7 +41,8 @@ pub use files::{FileStore, ServeCache};
 pub use lockout::DEFAULT_MAX_WRONG_CODES_PER_HOUR;
 use lockout::Lockout;
 pub use problem::Problem;
-pub use publisher::{PublishSettings, Publisher, RegionSettings, RunReport};
+pub use publisher::{PublishSettings, Publisher, RegionSettings, RunReport, TokenPublication};
+pub use tokens::TokenSettings;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -56,6 +58,7 @@ pub(crate) struct AppState {
     pub retrieval_secret: Arc<Vec<u8>>,
     pub day_cache: Arc<retrieve::DayCache>,
     pub chaff_timings: Arc<chaff::Timings>,
+    pub tokens: tokens::TokenSettings,
 }
 
 impl AppState {
@@ -98,6 +101,8 @@ pub struct ServerSettings {
     pub serve_cache_bytes: usize,
     /// Wrong codes per hour, across all clients, after which redemption pauses.
     pub max_wrong_codes_per_hour: u32,
+    /// The encounter-token API's rules (area granularity, chain length).
+    pub tokens: TokenSettings,
 }
 
 impl ServerSettings {
@@ -115,6 +120,7 @@ impl ServerSettings {
             dev_clock: None,
             serve_cache_bytes: 64 << 20,
             max_wrong_codes_per_hour: lockout::DEFAULT_MAX_WRONG_CODES_PER_HOUR,
+            tokens: TokenSettings::default(),
         }
     }
 }
@@ -154,11 +160,13 @@ impl App {
             retrieval_secret: Arc::new(settings.retrieval_secret),
             day_cache: Arc::default(),
             chaff_timings: Arc::default(),
+            tokens: settings.tokens,
         };
         // Requests that touch the store get a deadline; static files answer from memory and
         // skip the timer.
         let api = Router::new()
             .merge(v1::routes())
+            .merge(tokens::routes())
             .merge(admin::routes())
             .merge(covidshield::routes())
             .merge(retrieve::routes())

@@ -91,6 +91,15 @@ impl From<DomainError> for Problem {
             NoSuchCode => (StatusCode::NOT_FOUND, "unknown_code"),
             CodeAlreadyRedeemed => (StatusCode::CONFLICT, "code_already_redeemed"),
             NoSuchAdminToken => (StatusCode::NOT_FOUND, "unknown_admin_token"),
+            UnknownNonce => (StatusCode::UNAUTHORIZED, "unknown_nonce"),
+            NonceUsed => (StatusCode::CONFLICT, "nonce_used"),
+            NoTokens => (StatusCode::BAD_REQUEST, "no_tokens"),
+            TooManyTokens { .. } => (StatusCode::BAD_REQUEST, "too_many_tokens"),
+            TokenDayOutOfRange { .. } => (StatusCode::BAD_REQUEST, "token_day_out_of_range"),
+            UnknownProof => (StatusCode::FORBIDDEN, "unknown_proof"),
+            ProofUsed => (StatusCode::CONFLICT, "proof_used"),
+            LevelTooHigh { .. } => (StatusCode::FORBIDDEN, "level_too_high"),
+            NoTans => (StatusCode::BAD_REQUEST, "no_tans"),
         };
         let problem = Self::new(status, code, error.to_string());
         match error {
@@ -98,6 +107,9 @@ impl From<DomainError> for Problem {
                 problem.with("keyIndex", index)
             }
             KeyBudgetExceeded { remaining, .. } => problem.with("keyBudget", remaining),
+            TokenDayOutOfRange { index, .. } => problem.with("tokenIndex", index),
+            TooManyTokens { max, .. } => problem.with("maxTokens", max),
+            LevelTooHigh { max, .. } => problem.with("maxLevel", max),
             _ => problem,
         }
     }

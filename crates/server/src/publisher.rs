@@ -12,11 +12,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use confidant_core::encounter::TokenHash;
 use confidant_core::feed::{self, FeedFile, FeedFollower, FeedIndex, IndexEntry};
 use confidant_core::publish::{
     self, BatchDecision, PUBLISHED_KEY_MAX_AGE, PublicationPolicy, RetentionPolicy, Stream, Window,
 };
-use confidant_core::{Cursor, Digest, KeyData, PublishedFile, Region, StoredKey, UnixSeconds};
+use confidant_core::tokenfile::{
+    self, BatchEntry, FileEntry, FilterMode, PublishedToken, TokenIndex, TokenKind,
+};
+use confidant_core::{
+    Cursor, Digest, KeyData, PublishedFile, Region, SmallBatch, StoredKey, UnixSeconds,
+};
 use confidant_store::{RetentionReport, Store, StoreError};
 use rand_core::OsRng;
 
@@ -51,6 +57,31 @@ pub fn default_exposure_configuration() -> serde_json::Value {
     })
 }
 
+/// How encounter-token batches are published (per area, every export period, signed with
+/// the default key).
+#[derive(Clone, Debug)]
+pub struct TokenPublication {
+    /// The filters' false-positive rate and confirmation buckets.
+    pub mode: FilterMode,
+    /// Small batches are padded with random hashes or held back, as keys are.
+    pub small_batch: SmallBatch,
+    /// Names the signing key in token files.
+    pub key_id: String,
+}
+
+impl Default for TokenPublication {
+    fn default() -> Self {
+        Self {
+            mode: FilterMode::CONFIRMED,
+            small_batch: SmallBatch::Pad {
+                minimum: 200,
+                jitter: 50,
+            },
+            key_id: "tokens-v1".into(),
+        }
+    }
+}
+
 /// Publication settings of a deployment.
 #[derive(Clone)]
 pub struct PublishSettings {
@@ -62,6 +93,7 @@ pub struct PublishSettings {
     pub retention: RetentionPolicy,
     /// Seconds between janitor runs.
     pub janitor_interval: u64,
+    pub tokens: TokenPublication,
 }
 
 impl PublishSettings {
@@ -73,6 +105,7 @@ impl PublishSettings {
             default_policy: PublicationPolicy::default(),
             retention: RetentionPolicy::default(),
             janitor_interval: 3600,
+            tokens: TokenPublication::default(),
         }
     }
 
@@ -202,10 +235,25 @@ impl Publisher {
                 report.keys += stream_report.keys;
             }
         }
-        if report.windows > 0 {
+        let areas = self.store.token_areas().await?;
+        let mut token_windows = 0;
+        for area in &areas {
+            let area_report = self.publish_tokens(area, now).await?;
+            token_windows += area_report.windows;
+            report.windows += area_report.windows;
+            report.files += area_report.files;
+        }
+        if token_windows > 0 {
+            for area in &areas {
+                self.write_token_index(area).await?;
+            }
+        }
+        if report.windows > token_windows {
             for region in &regions {
                 self.write_indices(region).await?;
             }
+        }
+        if report.windows > 0 {
             metrics::histogram!("confidant_publish_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
@@ -293,6 +341,7 @@ impl Publisher {
                         .await?;
                     (files, 0, Digest([0; 32]), count)
                 }
+                Stream::Tokens => unreachable!("token batches are published by publish_tokens"),
                 Stream::Feed => {
                     let withdrawn = withdrawn.into_iter().map(|(key, _)| key.key_data).collect();
                     self.write_feed(region, settings, cursor.as_ref(), window, keys, withdrawn)
@@ -353,6 +402,201 @@ impl Publisher {
                 "published a window"
             );
         }
+    }
+
+    /// Publishes every due window of an area's encounter tokens: a raw list, a filter and its
+    /// confirmation buckets per window (`docs/token-files.md`), with the tokens withdrawn
+    /// since the last window removed.
+    async fn publish_tokens(
+        &self,
+        area: &Region,
+        now: UnixSeconds,
+    ) -> Result<RunReport, PublishError> {
+        let settings = &self.settings.tokens;
+        let period = self.settings.default_policy.export_period;
+        let mut report = RunReport::default();
+        loop {
+            let cursor = self.store.cursor(area, Stream::Tokens).await?;
+            let first_available = match cursor {
+                Some(_) => None,
+                None => self
+                    .store
+                    .first_token_hour(area)
+                    .await?
+                    .map(publish::token_available_at),
+            };
+            let Some(window) = publish::next_window(cursor.as_ref(), period, now, first_available)
+            else {
+                return Ok(report);
+            };
+            // Read before the tokens: a withdrawal committed meanwhile waits for the next window.
+            let withdrawals = self.store.withdrawals().await?;
+            let revised_through = cursor.as_ref().map_or(0, |c| c.revised_through);
+            let removed: Vec<TokenHash> = if withdrawals > revised_through {
+                self.store
+                    .tokens_withdrawn(area, revised_through, withdrawals)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, t)| publish::token_published(cursor.as_ref(), t.hour))
+                    .map(|(hash, _)| hash)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let from_hour = (window.keys_from / 3600).saturating_sub(1);
+            let real: Vec<PublishedToken> = self
+                .store
+                .tokens_submitted(area, from_hour, window.end / 3600)
+                .await?
+                .into_iter()
+                .filter(|(_, t)| {
+                    (window.keys_from..window.end).contains(&publish::token_available_at(t.hour))
+                })
+                .map(|(hash, t)| PublishedToken {
+                    hash,
+                    day: t.day,
+                    level: t.level,
+                })
+                .collect();
+            let decision = publish::decide_batch(settings.small_batch, real.len(), &mut OsRng);
+            let mut added = match decision {
+                BatchDecision::Hold => Vec::new(),
+                BatchDecision::Publish { .. } => real.clone(),
+            };
+            if let BatchDecision::Publish { padding } = decision
+                && padding > 0
+            {
+                added.extend(publish::padding_tokens(&real, padding, &mut OsRng));
+            }
+            let seq = cursor.as_ref().map_or(0, |c| c.seq) + 1;
+            let revisions = publish::Revisions {
+                through: withdrawals.max(revised_through),
+                keys: removed.len() as u32,
+            };
+            let files = self
+                .write_token_batch(area, seq, window, added, removed)
+                .await?;
+            let file_count = files.len() as u32;
+            let event = publish::published(
+                area.clone(),
+                Stream::Tokens,
+                window,
+                decision,
+                real.len(),
+                seq,
+                Digest([0; 32]),
+                revisions,
+                files,
+            );
+            match self.store.publish(event).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => return Ok(report),
+                Err(e) => return Err(e.into()),
+            }
+            let published = match decision {
+                BatchDecision::Hold => 0,
+                BatchDecision::Publish { .. } => real.len() as u64,
+            };
+            report.windows += 1;
+            report.files += file_count;
+            metrics::counter!("confidant_tokens_published_total").increment(published);
+            tracing::info!(
+                area = %area,
+                start = window.start,
+                end = window.end,
+                tokens = published,
+                removed = revisions.keys,
+                held = matches!(decision, BatchDecision::Hold),
+                "published a token batch"
+            );
+        }
+    }
+
+    /// Builds, signs and writes one token batch's files; a file already there (from a run
+    /// that crashed before recording it) is adopted.
+    async fn write_token_batch(
+        &self,
+        area: &Region,
+        seq: u64,
+        window: Window,
+        added: Vec<PublishedToken>,
+        removed: Vec<TokenHash>,
+    ) -> Result<Vec<PublishedFile>, PublishError> {
+        let mode = self.settings.tokens.mode;
+        let key = self.settings.default_key.clone();
+        let key_id = self.settings.tokens.key_id.clone();
+        let owned_area = area.clone();
+        let encoded = blocking(move || {
+            let batch = tokenfile::batch_files(
+                owned_area,
+                seq,
+                window.start,
+                window.end,
+                added,
+                removed,
+                mode,
+                &mut OsRng,
+            )?;
+            std::iter::once(&batch.list)
+                .chain(std::iter::once(&batch.filter))
+                .chain(batch.buckets.iter())
+                .map(|file| Ok((file.name(), file.encode(&key, &key_id)?)))
+                .collect::<Result<Vec<_>, tokenfile::TokenFileError>>()
+        })
+        .await?;
+        let mut files = Vec::with_capacity(encoded.len());
+        for (name, bytes) in encoded {
+            let path = format!("tokens/{area}/{name}");
+            let stored = self.files.put_immutable(&path, bytes).await?;
+            files.push(PublishedFile {
+                sha256: digest(&stored),
+                bytes: stored.len() as u64,
+                path,
+                seq,
+            });
+        }
+        Ok(files)
+    }
+
+    /// Rewrites an area's `index.json` from the log's list of live token files.
+    async fn write_token_index(&self, area: &Region) -> Result<(), PublishError> {
+        let mut lists = BTreeMap::new();
+        let mut filters = BTreeMap::new();
+        for (path, record) in self.store.files(area, Stream::Tokens).await? {
+            let name = path.rsplit('/').next().unwrap_or(&path).to_owned();
+            let entry = FileEntry {
+                sha256: hex::encode(record.sha256.0),
+                bytes: record.bytes,
+                file: name.clone(),
+            };
+            match tokenfile::parse_file_name(&name) {
+                Some((TokenKind::List, seq, _)) => {
+                    lists.insert(seq, (record.start, record.end, entry));
+                }
+                Some((TokenKind::Filter, seq, _)) => {
+                    filters.insert(seq, entry);
+                }
+                _ => {}
+            }
+        }
+        let batches = lists
+            .into_iter()
+            .filter_map(|(seq, (start, end, list))| {
+                filters.remove(&seq).map(|filter| BatchEntry {
+                    seq,
+                    start,
+                    end,
+                    list,
+                    filter,
+                })
+            })
+            .collect();
+        let index = TokenIndex::new(area.clone(), self.settings.tokens.mode, batches);
+        let json = serde_json::to_vec(&index).expect("the index serialises");
+        self.files
+            .put_index(&format!("tokens/{area}/index.json"), json)
+            .await?;
+        Ok(())
     }
 
     /// Real keys that left embargo in the window (from `keys_from`), not yet too old.
@@ -608,6 +852,9 @@ impl Publisher {
         // The indices must stop listing a file before it disappears.
         for region in regions {
             self.write_indices(region).await?;
+        }
+        for area in self.store.token_areas().await? {
+            self.write_token_index(&area).await?;
         }
         for path in &report.retired_files {
             self.files.delete(path).await?;

@@ -80,6 +80,33 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// Reserves a redemption try for the client's address (codes and TANs share the counters),
+/// or says why it must wait.
+pub(crate) fn begin_attempt(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    now: u64,
+) -> Result<crate::lockout::Attempt, Problem> {
+    let address = state.hasher.address(&state.client_address(peer, headers));
+    state.lockout.begin(address, now).map_err(|standing| {
+        let problem = match standing.paused_globally {
+            true => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "redemption_paused",
+                "too many wrong codes are being tried across all clients; redemption is \
+                 paused, try again later",
+            ),
+            false => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many wrong codes from this address; try again later",
+            ),
+        };
+        problem.retry_after(standing.banned_for.max(1))
+    })
+}
+
 async fn issue_code(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -146,23 +173,7 @@ async fn verify(
         tokio::time::sleep(state.chaff_timings.draw(Endpoint::Verify)).await;
         return Ok(padded_json(body));
     }
-    let address = state.hasher.address(&state.client_address(peer, &headers));
-    let attempt = state.lockout.begin(address, now).map_err(|standing| {
-        let problem = match standing.paused_globally {
-            true => Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "redemption_paused",
-                "too many wrong codes are being tried across all clients; redemption is \
-                 paused, try again later",
-            ),
-            false => Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                "too many wrong codes from this address; try again later",
-            ),
-        };
-        problem.retry_after(standing.banned_for.max(1))
-    })?;
+    let attempt = begin_attempt(&state, peer, &headers, now)?;
     let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let credential = Credential::UploadToken {
         token_hash: state.hasher.token(&token),

@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confidant_core::corrections::{Actor, Command, Outcome};
+use confidant_core::encounter::{Level, ResearchCell, TokenHash, UploadedToken};
+use confidant_core::event::NonceClaim;
 use confidant_core::logfile::LogRecord;
-use confidant_core::state::{KeyRecord, StoredKey};
+use confidant_core::rules::TokenOutcome;
+use confidant_core::state::{KeyRecord, StoredKey, TokenRecord, TokenSubmission};
 use confidant_core::{
     AdminToken, AdminTokenId, Claim, ClaimId, CodeFormat, CodePolicy, Credential, Cursor, Digest,
     DomainError, Event, EventDecodeError, FileRecord, Key32, Provider, ProviderId, Region, State,
@@ -32,7 +35,8 @@ pub use db::Dialect;
 use db::{Conn, Pool};
 use projection::{
     ADMIN_TOKEN_COLUMNS, CLAIM_COLUMNS, CURSOR_COLUMNS, FILE_COLUMNS, KEY_COLUMNS,
-    PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
+    PROVIDER_COLUMNS, RESEARCH_COLUMNS, SUBMISSION_COLUMNS, TOKEN_COLUMNS,
+    TOKEN_SUBMISSION_COLUMNS,
 };
 pub use writer::{ClaimLookup, RetentionReport, Written};
 
@@ -443,6 +447,187 @@ impl Store {
         }
     }
 
+    /// Exchanges a TAN for `nonces`; returns their expiry and how many tokens each may upload.
+    pub async fn redeem_tan(
+        &self,
+        code_hash: Digest,
+        nonces: Vec<NonceClaim>,
+        now: UnixSeconds,
+    ) -> Result<(UnixSeconds, u32), StoreError> {
+        match self
+            .write(Write::RedeemTan {
+                code_hash,
+                nonces,
+                now,
+            })
+            .await?
+        {
+            Written::TanRedeemed {
+                expires_at,
+                token_budget,
+            } => Ok((expires_at, token_budget)),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// A level-0 token upload with the nonce whose keyed hash is `nonce_hash`.
+    pub async fn submit_tokens(
+        &self,
+        nonce_hash: Digest,
+        tokens: Vec<UploadedToken>,
+        tracking_id: TrackingId,
+        now: UnixSeconds,
+    ) -> Result<TokenOutcome, StoreError> {
+        match self
+            .write(Write::SubmitTokens {
+                nonce_hash,
+                tokens,
+                tracking_id,
+                now,
+            })
+            .await?
+        {
+            Written::TokensSubmitted(outcome) => Ok(outcome),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// A chained token upload proven by the published hash `proof` (H of the preimage the
+    /// phone revealed), at most at `max_level`.
+    pub async fn submit_chained(
+        &self,
+        proof: TokenHash,
+        max_level: Level,
+        tokens: Vec<UploadedToken>,
+        tracking_id: TrackingId,
+        now: UnixSeconds,
+    ) -> Result<TokenOutcome, StoreError> {
+        match self
+            .write(Write::SubmitChained {
+                proof,
+                max_level,
+                tokens,
+                tracking_id,
+                now,
+            })
+            .await?
+        {
+            Written::TokensSubmitted(outcome) => Ok(outcome),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// Records research data for proven encounters: (H(preimage), duration bucket code,
+    /// attenuation bucket code) each. Returns the records stored.
+    pub async fn contribute_research(
+        &self,
+        contributions: Vec<(TokenHash, u8, u8)>,
+    ) -> Result<u32, StoreError> {
+        match self.write(Write::Research { contributions }).await? {
+            Written::Researched(count) => Ok(count),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// Token hashes of `area` submitted in the hours `[from_hour, to_hour)` and not withdrawn,
+    /// in hash order.
+    pub async fn tokens_submitted(
+        &self,
+        area: &Region,
+        from_hour: u64,
+        to_hour: u64,
+    ) -> Result<Vec<(TokenHash, TokenRecord)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE area = $1 AND hour >= $2 AND hour < $3 \
+             AND withdrawn IS NULL ORDER BY hash"
+        );
+        conn.fetch_all(
+            &sql,
+            &[area.as_str().into(), from_hour.into(), to_hour.into()],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok(projection::token_from_row(row)?))
+        .collect()
+    }
+
+    /// Token hashes of `area` withdrawn by the withdrawals `(after, through]`.
+    pub async fn tokens_withdrawn(
+        &self,
+        area: &Region,
+        after: u64,
+        through: u64,
+    ) -> Result<Vec<(TokenHash, TokenRecord)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE area = $1 AND withdrawn > $2 \
+             AND withdrawn <= $3 ORDER BY hash"
+        );
+        conn.fetch_all(&sql, &[area.as_str().into(), after.into(), through.into()])
+            .await?
+            .iter()
+            .map(|row| Ok(projection::token_from_row(row)?))
+            .collect()
+    }
+
+    /// Areas with stored tokens or a token publication.
+    pub async fn token_areas(&self) -> Result<Vec<Region>, StoreError> {
+        let mut conn = self.read().await?;
+        let rows = conn
+            .fetch_all(
+                "SELECT DISTINCT area FROM tokens \
+                 UNION SELECT region FROM cursors WHERE stream = 'tokens' ORDER BY 1",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Region::try_from(row.text(0)?)
+                    .map_err(|e| StoreError::Unavailable(format!("bad area in store: {e}")))
+            })
+            .collect()
+    }
+
+    /// The earliest submission hour of a stored token of `area`.
+    pub async fn first_token_hour(&self, area: &Region) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.read().await?;
+        let row = conn
+            .fetch_optional(
+                "SELECT MIN(hour) FROM tokens WHERE area = $1",
+                &[area.as_str().into()],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => row.opt_int(0)?.map(|h| h as u64),
+            None => None,
+        })
+    }
+
+    /// A token upload by tracking ID.
+    pub async fn token_submission(
+        &self,
+        id: TrackingId,
+    ) -> Result<Option<TokenSubmission>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {TOKEN_SUBMISSION_COLUMNS} FROM token_submissions WHERE id = $1");
+        Ok(match conn.fetch_optional(&sql, &[id.0.into()]).await? {
+            Some(row) => Some(projection::token_submission_from_row(&row, 0)?),
+            None => None,
+        })
+    }
+
+    /// The research counts, by cell.
+    pub async fn research(&self) -> Result<Vec<(ResearchCell, u64)>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {RESEARCH_COLUMNS} FROM research ORDER BY 1, 2, 3, 4");
+        conn.fetch_all(&sql, &[])
+            .await?
+            .iter()
+            .map(|row| Ok(projection::research_from_row(row)?))
+            .collect()
+    }
+
     /// Empties the projections and replays the whole log into them; returns the event count.
     pub async fn rebuild(&self) -> Result<u64, StoreError> {
         self.rebuild_with_progress(|_| {}).await
@@ -774,7 +959,8 @@ impl Store {
         let mut conn = self.read().await?;
         let rows = conn
             .fetch_all(
-                "SELECT region FROM providers UNION SELECT region FROM cursors ORDER BY 1",
+                "SELECT region FROM providers \
+                 UNION SELECT region FROM cursors WHERE stream <> 'tokens' ORDER BY 1",
                 &[],
             )
             .await?;

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use confidant_core::encounter::{ResearchCell, TokenHash};
 use confidant_core::state::KeyRecord;
 use confidant_core::{
     AdminTokenId, ClaimId, Credential, Digest, Event, Key32, KeyData, ProviderId, Region, State,
@@ -15,7 +16,8 @@ use confidant_core::{
 use crate::db::{Conn, Dialect, Value};
 use crate::projection::{
     self, ADMIN_TOKEN_COLUMNS, CLAIM_COLUMNS, CODE_COLUMNS, CURSOR_COLUMNS, KEY_COLUMNS,
-    PROVIDER_COLUMNS, SUBMISSION_COLUMNS,
+    PROVIDER_COLUMNS, RESEARCH_COLUMNS, SUBMISSION_COLUMNS, TOKEN_COLUMNS,
+    TOKEN_SUBMISSION_COLUMNS,
 };
 
 /// Parameters per statement, well under SQLite's and PostgreSQL's limits.
@@ -33,10 +35,14 @@ pub struct Overlay {
     dirty_cursors: BTreeSet<(Region, Stream)>,
     dirty_files: BTreeSet<String>,
     dirty_admin_tokens: BTreeSet<AdminTokenId>,
+    dirty_token_submissions: BTreeSet<TrackingId>,
+    dirty_tokens: BTreeSet<TokenHash>,
+    dirty_research: BTreeSet<ResearchCell>,
     dirty_withdrawals: bool,
     /// Lookups by secondary keys, kept in step with `state`.
     pub provider_by_token: BTreeMap<Digest, ProviderId>,
     pub claim_by_token: BTreeMap<Digest, ClaimId>,
+    pub claim_by_nonce: BTreeMap<Digest, ClaimId>,
     pub claim_by_server_key: BTreeMap<Key32, ClaimId>,
     pub claim_by_app_key: BTreeSet<Key32>,
     /// How key rows are written.
@@ -100,6 +106,13 @@ pub struct Wanted {
     pub provider_codes: BTreeSet<ProviderId>,
     /// The withdrawal counter.
     pub withdrawals: bool,
+    pub claim_nonces: BTreeSet<Digest>,
+    pub token_submissions: BTreeSet<TrackingId>,
+    pub tokens: BTreeSet<TokenHash>,
+    /// Every token of these token submissions.
+    pub submission_tokens: BTreeSet<TrackingId>,
+    /// The research counts of these cells.
+    pub research: BTreeSet<ResearchCell>,
 }
 
 impl Wanted {
@@ -123,6 +136,11 @@ impl Wanted {
             provider_submissions,
             provider_codes,
             withdrawals,
+            claim_nonces,
+            token_submissions,
+            tokens,
+            submission_tokens,
+            research,
         } = self;
         provider_tokens.is_empty()
             && claim_tokens.is_empty()
@@ -137,6 +155,11 @@ impl Wanted {
             && provider_submissions.is_none()
             && provider_codes.is_empty()
             && !withdrawals
+            && claim_nonces.is_empty()
+            && token_submissions.is_empty()
+            && tokens.is_empty()
+            && submission_tokens.is_empty()
+            && research.is_empty()
     }
 
     /// The rows replaying `event` reads.
@@ -162,7 +185,24 @@ impl Wanted {
             Event::SubmissionsWithdrawn { submissions, .. } => {
                 self.submissions.extend(submissions.iter().copied());
                 self.submission_keys.extend(submissions.iter().copied());
+                self.token_submissions.extend(submissions.iter().copied());
+                self.submission_tokens.extend(submissions.iter().copied());
                 self.withdrawals = true;
+            }
+            // Imported TANs are inserted whole.
+            Event::TansImported { .. } => {}
+            Event::TanRedeemed { code_hash, .. } => {
+                self.codes.insert(*code_hash);
+            }
+            Event::TokensSubmitted { claim, proof, .. } => {
+                self.claims.extend(*claim);
+                self.tokens.extend(*proof);
+            }
+            Event::TokensResearched { hashes, .. } => {
+                self.tokens.extend(hashes.iter().copied());
+            }
+            Event::ResearchRecorded { cells } => {
+                self.research.extend(cells.iter().copied());
             }
             Event::KeysWithdrawn { keys, .. } => {
                 self.keys.extend(keys.iter().copied());
@@ -240,7 +280,7 @@ fn bytes<const N: usize>(set: impl IntoIterator<Item = [u8; N]>) -> Vec<Value> {
 
 impl Overlay {
     /// Loads the wanted rows (and the providers of loaded codes and claims).
-    pub async fn load(conn: &mut Conn, wanted: Wanted) -> Result<Self, sqlx::Error> {
+    pub async fn load(conn: &mut Conn, mut wanted: Wanted) -> Result<Self, sqlx::Error> {
         let mut overlay = Self::default();
         let select_providers = format!("SELECT id, {PROVIDER_COLUMNS} FROM providers");
         let mut provider_rows = Vec::new();
@@ -397,6 +437,84 @@ impl Overlay {
             let (id, token) = projection::admin_token_from_row(&row)?;
             overlay.state.admin_tokens.insert(id, token);
         }
+        if !wanted.claim_nonces.is_empty() {
+            let nonces = bytes(wanted.claim_nonces.iter().map(|d| d.0));
+            for row in select_in(conn, &select_claims, "nonce_hash", nonces).await? {
+                let claim = projection::claim_from_row(&row, 1)?;
+                overlay.index_claim(ClaimId(row.array(0)?), &claim.credential);
+                overlay.state.claims.insert(ClaimId(row.array(0)?), claim);
+            }
+        }
+        // Tokens named by hash first: a proof needs its submission, that submission's
+        // provider and the area's publication cursor as well.
+        let select_tokens = format!("SELECT {TOKEN_COLUMNS} FROM tokens");
+        let mut token_submissions = wanted.token_submissions;
+        if !wanted.tokens.is_empty() {
+            let hashes = bytes(wanted.tokens.iter().map(|t| t.0));
+            for row in select_in(conn, &select_tokens, "hash", hashes).await? {
+                let (hash, record) = projection::token_from_row(&row)?;
+                token_submissions.insert(record.submission);
+                wanted.cursors.insert((record.area.clone(), Stream::Tokens));
+                overlay.state.tokens.insert(hash, record);
+            }
+        }
+        let mut submission_tokens = wanted.submission_tokens;
+        if let Some((provider, since_hour)) = wanted.provider_submissions {
+            for row in conn
+                .fetch_all(
+                    "SELECT id FROM token_submissions WHERE provider = $1 AND hour >= $2",
+                    &[provider.0.into(), since_hour.into()],
+                )
+                .await?
+            {
+                let id = TrackingId(row.array(0)?);
+                token_submissions.insert(id);
+                submission_tokens.insert(id);
+            }
+        }
+        if !token_submissions.is_empty() {
+            let select = format!("SELECT id, {TOKEN_SUBMISSION_COLUMNS} FROM token_submissions");
+            let ids = bytes(token_submissions.iter().map(|s| s.0));
+            for row in select_in(conn, &select, "id", ids).await? {
+                let submission = projection::token_submission_from_row(&row, 1)?;
+                wanted.providers.insert(submission.provider);
+                overlay
+                    .state
+                    .token_submissions
+                    .insert(TrackingId(row.array(0)?), submission);
+            }
+        }
+        // Only submissions that are token submissions have token rows.
+        let token_ids: Vec<Value> = submission_tokens
+            .iter()
+            .filter(|id| overlay.state.token_submissions.contains_key(id))
+            .map(|id| id.0.into())
+            .collect();
+        if !token_ids.is_empty() {
+            for row in select_in(conn, &select_tokens, "submission", token_ids).await? {
+                let (hash, record) = projection::token_from_row(&row)?;
+                overlay.state.tokens.insert(hash, record);
+            }
+        }
+        if !wanted.research.is_empty() {
+            // Few cells: one lookup each.
+            let sql = format!(
+                "SELECT {RESEARCH_COLUMNS} FROM research \
+                 WHERE day = $1 AND duration = $2 AND attenuation = $3 AND level = $4"
+            );
+            for cell in &wanted.research {
+                let params = [
+                    cell.day.into(),
+                    u32::from(cell.duration).into(),
+                    u32::from(cell.attenuation).into(),
+                    u32::from(cell.level).into(),
+                ];
+                if let Some(row) = conn.fetch_optional(&sql, &params).await? {
+                    let (cell, count) = projection::research_from_row(&row)?;
+                    overlay.state.research.insert(cell, count);
+                }
+            }
+        }
         if wanted.withdrawals {
             overlay.state.withdrawals = projection::withdrawals(conn).await?;
         }
@@ -449,6 +567,9 @@ impl Overlay {
             } => {
                 self.claim_by_server_key.insert(*server_public_key, id);
                 self.claim_by_app_key.insert(*app_public_key);
+            }
+            Credential::Nonce { nonce_hash } => {
+                self.claim_by_nonce.insert(*nonce_hash, id);
             }
         }
     }
@@ -562,7 +683,49 @@ impl Overlay {
                         .filter(|k| withdrawn.contains(&k.submission))
                         .map(|k| k.key.key_data),
                 );
+                self.dirty_token_submissions.extend(
+                    submissions
+                        .iter()
+                        .filter(|id| self.state.token_submissions.contains_key(id)),
+                );
+                self.dirty_tokens.extend(
+                    self.state
+                        .tokens
+                        .iter()
+                        .filter(|(_, t)| withdrawn.contains(&t.submission))
+                        .map(|(hash, _)| *hash),
+                );
                 self.dirty_withdrawals = true;
+            }
+            Event::TansImported { tans, .. } => {
+                self.dirty_codes.extend(tans.iter().copied());
+            }
+            Event::TanRedeemed {
+                code_hash, nonces, ..
+            } => {
+                self.dirty_codes.insert(*code_hash);
+                for nonce in nonces {
+                    self.dirty_claims.insert(nonce.claim);
+                    self.claim_by_nonce.insert(nonce.nonce_hash, nonce.claim);
+                }
+            }
+            Event::TokensSubmitted {
+                submission,
+                claim,
+                tokens,
+                proof,
+                ..
+            } => {
+                self.dirty_claims.extend(*claim);
+                self.dirty_tokens.extend(*proof);
+                self.dirty_token_submissions.insert(*submission);
+                self.dirty_tokens.extend(tokens.iter().map(|t| t.hash));
+            }
+            Event::TokensResearched { hashes, .. } => {
+                self.dirty_tokens.extend(hashes.iter().copied());
+            }
+            Event::ResearchRecorded { cells } => {
+                self.dirty_research.extend(cells.iter().copied());
             }
             Event::KeysWithdrawn { keys, .. } => {
                 self.dirty_keys.extend(keys.iter().copied());
@@ -641,15 +804,24 @@ impl Overlay {
                 "token_hash",
                 "app_public_key",
                 "server_public_key",
+                "nonce_hash",
             ],
             self.dirty_claims.iter().filter_map(|id| {
                 s.claims.get(id).map(|c| {
-                    let (token, app, public) = match &c.credential {
-                        Credential::UploadToken { token_hash } => (Some(token_hash.0), None, None),
+                    let (token, app, public, nonce) = match &c.credential {
+                        Credential::UploadToken { token_hash } => {
+                            (Some(token_hash.0), None, None, None)
+                        }
                         Credential::CovidShield {
                             app_public_key,
                             server_public_key,
-                        } => (None, Some(app_public_key.0), Some(server_public_key.0)),
+                        } => (
+                            None,
+                            Some(app_public_key.0),
+                            Some(server_public_key.0),
+                            None,
+                        ),
+                        Credential::Nonce { nonce_hash } => (None, None, None, Some(nonce_hash.0)),
                     };
                     vec![
                         id.0.into(),
@@ -660,6 +832,7 @@ impl Overlay {
                         token.into(),
                         app.into(),
                         public.into(),
+                        nonce.into(),
                     ]
                 })
             }),
@@ -797,6 +970,83 @@ impl Overlay {
                         t.scope.name().into(),
                         t.label.as_str().into(),
                         t.revoked.into(),
+                    ]
+                })
+            }),
+        );
+        upsert(
+            &mut out,
+            "token_submissions",
+            Conflict::Update("id"),
+            &[
+                "id",
+                "claim",
+                "provider",
+                "hour",
+                "level",
+                "inserted",
+                "skipped",
+                "withdrawn",
+            ],
+            self.dirty_token_submissions.iter().filter_map(|id| {
+                s.token_submissions.get(id).map(|x| {
+                    vec![
+                        id.0.into(),
+                        x.claim.map(|c| c.0).into(),
+                        x.provider.0.into(),
+                        x.hour.into(),
+                        u32::from(x.level).into(),
+                        x.inserted.into(),
+                        x.skipped.into(),
+                        x.withdrawn.into(),
+                    ]
+                })
+            }),
+        );
+        upsert(
+            &mut out,
+            "tokens",
+            Conflict::Update("hash"),
+            &[
+                "hash",
+                "submission",
+                "area",
+                "day",
+                "level",
+                "hour",
+                "withdrawn",
+                "proved",
+                "researched",
+            ],
+            self.dirty_tokens.iter().filter_map(|hash| {
+                s.tokens.get(hash).map(|t| {
+                    vec![
+                        hash.0.into(),
+                        t.submission.0.into(),
+                        t.area.as_str().into(),
+                        t.day.into(),
+                        u32::from(t.level).into(),
+                        t.hour.into(),
+                        t.withdrawn.into(),
+                        t.proved.into(),
+                        t.researched.into(),
+                    ]
+                })
+            }),
+        );
+        upsert(
+            &mut out,
+            "research",
+            Conflict::Update("day, duration, attenuation, level"),
+            &["day", "duration", "attenuation", "level", "count"],
+            self.dirty_research.iter().filter_map(|cell| {
+                s.research.get(cell).map(|count| {
+                    vec![
+                        cell.day.into(),
+                        u32::from(cell.duration).into(),
+                        u32::from(cell.attenuation).into(),
+                        u32::from(cell.level).into(),
+                        (*count).into(),
                     ]
                 })
             }),

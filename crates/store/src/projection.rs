@@ -6,8 +6,9 @@
 //! [`load_state`] reads them into the same shape that `State::replay` computes from the log, so
 //! the two can be compared.
 
-use confidant_core::state::KeyRecord;
+use confidant_core::encounter::{ResearchCell, TokenHash};
 use confidant_core::state::StateDigest;
+use confidant_core::state::{KeyRecord, TokenRecord, TokenSubmission};
 use confidant_core::{
     AdminToken, AdminTokenId, Claim, ClaimId, Code, CodeFormat, Credential, Cursor, Digest, Event,
     FileRecord, Key32, KeyData, Provider, ProviderId, Region, Scope, State, StoredKey, Stream,
@@ -48,7 +49,7 @@ pub fn code_from_row(row: &Row, first: usize) -> Result<Code, sqlx::Error> {
     let format = row.text(first + 1)?;
     Ok(Code {
         provider: ProviderId(row.array(first)?),
-        format: CodeFormat::parse(&format)
+        format: CodeFormat::from_stored(&format)
             .ok_or_else(|| decode_error(format!("unknown code format {format}")))?,
         expires_at: row.int(first + 2)? as u64,
         redeemed: row.int(first + 3)? != 0,
@@ -57,11 +58,17 @@ pub fn code_from_row(row: &Row, first: usize) -> Result<Code, sqlx::Error> {
 pub const CODE_COLUMNS: &str = "provider, format, expires_at, redeemed";
 
 pub fn claim_from_row(row: &Row, first: usize) -> Result<Claim, sqlx::Error> {
-    let credential = match row.opt_array::<32>(first + 4)? {
-        Some(token_hash) => Credential::UploadToken {
+    let credential = match (
+        row.opt_array::<32>(first + 4)?,
+        row.opt_array::<32>(first + 7)?,
+    ) {
+        (Some(token_hash), _) => Credential::UploadToken {
             token_hash: Digest(token_hash),
         },
-        None => Credential::CovidShield {
+        (None, Some(nonce_hash)) => Credential::Nonce {
+            nonce_hash: Digest(nonce_hash),
+        },
+        (None, None) => Credential::CovidShield {
             app_public_key: Key32(row.array(first + 5)?),
             server_public_key: Key32(row.array(first + 6)?),
         },
@@ -74,8 +81,8 @@ pub fn claim_from_row(row: &Row, first: usize) -> Result<Claim, sqlx::Error> {
         credential,
     })
 }
-pub const CLAIM_COLUMNS: &str =
-    "provider, region, expires_at, budget_remaining, token_hash, app_public_key, server_public_key";
+pub const CLAIM_COLUMNS: &str = "provider, region, expires_at, budget_remaining, token_hash, \
+     app_public_key, server_public_key, nonce_hash";
 
 pub fn submission_from_row(row: &Row, first: usize) -> Result<Submission, sqlx::Error> {
     Ok(Submission {
@@ -108,6 +115,53 @@ pub fn key_record_from_row(row: &Row, first: usize) -> Result<KeyRecord, sqlx::E
 }
 pub const KEY_COLUMNS: &str = "key_data, rolling_start, rolling_period, transmission_risk, \
      submission, region, hour, withdrawn";
+
+pub fn token_submission_from_row(row: &Row, first: usize) -> Result<TokenSubmission, sqlx::Error> {
+    Ok(TokenSubmission {
+        claim: row.opt_array::<16>(first)?.map(ClaimId),
+        provider: ProviderId(row.array(first + 1)?),
+        hour: row.int(first + 2)? as u64,
+        level: row.int(first + 3)? as u8,
+        inserted: row.int(first + 4)? as u32,
+        skipped: row.int(first + 5)? as u32,
+        withdrawn: row.int(first + 6)? != 0,
+    })
+}
+pub const TOKEN_SUBMISSION_COLUMNS: &str =
+    "claim, provider, hour, level, inserted, skipped, withdrawn";
+
+/// Decodes `hash, TOKEN_COLUMNS`.
+pub fn token_from_row(row: &Row) -> Result<(TokenHash, TokenRecord), sqlx::Error> {
+    Ok((
+        TokenHash(row.array(0)?),
+        TokenRecord {
+            submission: TrackingId(row.array(1)?),
+            area: region(row, 2)?,
+            day: row.int(3)? as u32,
+            level: row.int(4)? as u8,
+            hour: row.int(5)? as u64,
+            withdrawn: row.opt_int(6)?.map(|n| n as u64),
+            proved: row.int(7)? != 0,
+            researched: row.int(8)? != 0,
+        },
+    ))
+}
+pub const TOKEN_COLUMNS: &str =
+    "hash, submission, area, day, level, hour, withdrawn, proved, researched";
+
+/// Decodes `RESEARCH_COLUMNS`.
+pub fn research_from_row(row: &Row) -> Result<(ResearchCell, u64), sqlx::Error> {
+    Ok((
+        ResearchCell {
+            day: row.int(0)? as u32,
+            duration: row.int(1)? as u8,
+            attenuation: row.int(2)? as u8,
+            level: row.int(3)? as u8,
+        },
+        row.int(4)? as u64,
+    ))
+}
+pub const RESEARCH_COLUMNS: &str = "day, duration, attenuation, level, count";
 
 fn stream(row: &Row, index: usize) -> Result<Stream, sqlx::Error> {
     let text = row.text(index)?;
@@ -211,6 +265,13 @@ async fn load_small_tables(conn: &mut Conn) -> Result<State, sqlx::Error> {
         let (id, token) = admin_token_from_row(&row)?;
         state.admin_tokens.insert(id, token);
     }
+    for row in conn
+        .fetch_all(&format!("SELECT {RESEARCH_COLUMNS} FROM research"), &[])
+        .await?
+    {
+        let (cell, count) = research_from_row(&row)?;
+        state.research.insert(cell, count);
+    }
     state.withdrawals = withdrawals(conn).await?;
     Ok(state)
 }
@@ -251,6 +312,25 @@ pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
     {
         let record = key_record_from_row(&row, 0)?;
         state.keys.insert(record.key.key_data, record);
+    }
+    for row in conn
+        .fetch_all(
+            &format!("SELECT id, {TOKEN_SUBMISSION_COLUMNS} FROM token_submissions"),
+            &[],
+        )
+        .await?
+    {
+        state.token_submissions.insert(
+            TrackingId(row.array(0)?),
+            token_submission_from_row(&row, 1)?,
+        );
+    }
+    for row in conn
+        .fetch_all(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"), &[])
+        .await?
+    {
+        let (hash, record) = token_from_row(&row)?;
+        state.tokens.insert(hash, record);
     }
     Ok(state)
 }
@@ -358,6 +438,34 @@ pub async fn state_digest(conn: &mut Conn) -> Result<Digest, sqlx::Error> {
     digest.table("cursors", &small.cursors);
     digest.table("files", &small.files);
     digest.table("admin_tokens", &small.admin_tokens);
+    digest_table(
+        conn,
+        &mut digest,
+        "token_submissions",
+        &format!("SELECT id, {TOKEN_SUBMISSION_COLUMNS} FROM token_submissions"),
+        "id",
+        |row| {
+            Ok((
+                row.array::<16>(0)?.to_vec(),
+                TrackingId(row.array(0)?),
+                token_submission_from_row(row, 1)?,
+            ))
+        },
+    )
+    .await?;
+    digest_table(
+        conn,
+        &mut digest,
+        "tokens",
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens"),
+        "hash",
+        |row| {
+            let (hash, record) = token_from_row(row)?;
+            Ok((hash.0.to_vec(), hash, record))
+        },
+    )
+    .await?;
+    digest.table("research", &small.research);
     Ok(digest.finish(small.withdrawals))
 }
 
@@ -388,7 +496,17 @@ pub async fn apply_retention(conn: &mut Conn, event: &Event) -> Result<(), sqlx:
         std::slice::from_ref(&hour),
     )
     .await?;
-    conn.execute("DELETE FROM submissions WHERE hour < $1", &[hour])
+    conn.execute(
+        "DELETE FROM submissions WHERE hour < $1",
+        std::slice::from_ref(&hour),
+    )
+    .await?;
+    conn.execute(
+        "DELETE FROM tokens WHERE hour < $1",
+        std::slice::from_ref(&hour),
+    )
+    .await?;
+    conn.execute("DELETE FROM token_submissions WHERE hour < $1", &[hour])
         .await?;
     conn.execute(
         "DELETE FROM files WHERE end_ts <= $1",

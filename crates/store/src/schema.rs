@@ -138,6 +138,44 @@ CREATE INDEX keys_by_region_hour ON keys (region, hour);
 CREATE INDEX keys_withdrawn ON keys (region, withdrawn) WHERE withdrawn IS NOT NULL;
 ",
     KEYS_BY_SUBMISSION_DROPPED,
+    // Encounter tokens: TAN nonces as claims, token uploads, token hashes, research counts.
+    r"
+ALTER TABLE claims ADD COLUMN nonce_hash BLOB;
+CREATE UNIQUE INDEX claims_by_nonce ON claims (nonce_hash);
+CREATE TABLE token_submissions (
+    id BLOB PRIMARY KEY,
+    claim BLOB,
+    provider BLOB NOT NULL,
+    hour INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    inserted INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    withdrawn INTEGER NOT NULL
+);
+CREATE INDEX token_submissions_by_provider ON token_submissions (provider, hour);
+CREATE TABLE tokens (
+    hash BLOB PRIMARY KEY,
+    submission BLOB NOT NULL,
+    area TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    hour INTEGER NOT NULL,
+    withdrawn INTEGER,
+    proved INTEGER NOT NULL,
+    researched INTEGER NOT NULL
+);
+CREATE INDEX tokens_by_area_hour ON tokens (area, hour);
+CREATE INDEX tokens_by_submission ON tokens (submission);
+CREATE INDEX tokens_withdrawn ON tokens (area, withdrawn) WHERE withdrawn IS NOT NULL;
+CREATE TABLE research (
+    day INTEGER NOT NULL,
+    duration INTEGER NOT NULL,
+    attenuation INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (day, duration, attenuation, level)
+);
+",
 ];
 
 /// A submission's keys are found through `keys_by_region_hour` (its region and hour are on its
@@ -254,10 +292,51 @@ CREATE INDEX events_by_kind ON events (kind, seq) WHERE kind IS NOT NULL;
     // Migration 4 is SQLite's alone: PostgreSQL's rebuild drops the primary key constraint.
     "SELECT 1",
     KEYS_BY_SUBMISSION_DROPPED,
+    // Encounter tokens: TAN nonces as claims, token uploads, token hashes, research counts.
+    r"
+ALTER TABLE claims ADD COLUMN nonce_hash BYTEA;
+CREATE UNIQUE INDEX claims_by_nonce ON claims (nonce_hash);
+CREATE TABLE token_submissions (
+    id BYTEA PRIMARY KEY,
+    claim BYTEA,
+    provider BYTEA NOT NULL,
+    hour BIGINT NOT NULL,
+    level BIGINT NOT NULL,
+    inserted BIGINT NOT NULL,
+    skipped BIGINT NOT NULL,
+    withdrawn BIGINT NOT NULL
+);
+CREATE INDEX token_submissions_by_provider ON token_submissions (provider, hour);
+CREATE TABLE tokens (
+    hash BYTEA PRIMARY KEY,
+    submission BYTEA NOT NULL,
+    area TEXT NOT NULL,
+    day BIGINT NOT NULL,
+    level BIGINT NOT NULL,
+    hour BIGINT NOT NULL,
+    withdrawn BIGINT,
+    proved BIGINT NOT NULL,
+    researched BIGINT NOT NULL
+);
+CREATE INDEX tokens_by_area_hour ON tokens (area, hour);
+CREATE INDEX tokens_by_submission ON tokens (submission);
+CREATE INDEX tokens_withdrawn ON tokens (area, withdrawn) WHERE withdrawn IS NOT NULL;
+CREATE TABLE research (
+    day BIGINT NOT NULL,
+    duration BIGINT NOT NULL,
+    attenuation BIGINT NOT NULL,
+    level BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (day, duration, attenuation, level)
+);
+",
 ];
 
 /// Tables rebuilt from the log, children first so deletion order is safe.
-pub const PROJECTION_TABLES: [&str; 9] = [
+pub const PROJECTION_TABLES: [&str; 12] = [
+    "tokens",
+    "token_submissions",
+    "research",
     "keys",
     "submissions",
     "claims",

@@ -8,6 +8,9 @@
 //! stable storage; if the commit fails, every request of the batch gets an error.
 
 use confidant_core::corrections::{self, Actor, Command, Outcome};
+use confidant_core::encounter::{Level, ResearchCell, TokenHash, UploadedToken};
+use confidant_core::event::NonceClaim;
+use confidant_core::rules::{Proof, TokenOutcome};
 use confidant_core::state::StoredKey;
 use confidant_core::{
     ClaimId, CodeFormat, CodePolicy, Credential, Digest, DomainError, Event, Key32, ProviderId,
@@ -69,6 +72,32 @@ pub(crate) enum Write {
         tracking_id: TrackingId,
         now: UnixSeconds,
     },
+    /// A TAN exchanged for these nonces (made and hashed by the caller).
+    RedeemTan {
+        code_hash: Digest,
+        nonces: Vec<NonceClaim>,
+        now: UnixSeconds,
+    },
+    /// Token hashes with a nonce, at level 0.
+    SubmitTokens {
+        nonce_hash: Digest,
+        tokens: Vec<UploadedToken>,
+        tracking_id: TrackingId,
+        now: UnixSeconds,
+    },
+    /// Token hashes chained from the proven encounter `proof` (H of the revealed preimage).
+    SubmitChained {
+        proof: TokenHash,
+        max_level: Level,
+        tokens: Vec<UploadedToken>,
+        tracking_id: TrackingId,
+        now: UnixSeconds,
+    },
+    /// Research data: per proven encounter, H(preimage) and the duration and attenuation
+    /// bucket codes.
+    Research {
+        contributions: Vec<(TokenHash, u8, u8)>,
+    },
     /// Replays the log into fresh projections, counting progress as it goes.
     Rebuild(Arc<RebuildCounters>),
     /// An operator's correction, audited.
@@ -112,6 +141,13 @@ pub enum Written {
         key_budget: u32,
     },
     Submitted(SubmissionOutcome),
+    TanRedeemed {
+        expires_at: UnixSeconds,
+        token_budget: u32,
+    },
+    TokensSubmitted(TokenOutcome),
+    /// Research records stored.
+    Researched(u32),
     Rebuilt {
         events: u64,
     },
@@ -256,6 +292,43 @@ impl Write {
                 wanted.submissions.insert(*tracking_id);
                 wanted.keys.extend(keys.iter().map(|k| k.key_data));
             }
+            Write::RedeemTan {
+                code_hash, nonces, ..
+            } => {
+                wanted.codes.insert(*code_hash);
+                wanted.claims.extend(nonces.iter().map(|n| n.claim));
+                wanted
+                    .claim_nonces
+                    .extend(nonces.iter().map(|n| n.nonce_hash));
+            }
+            Write::SubmitTokens {
+                nonce_hash,
+                tokens,
+                tracking_id,
+                ..
+            } => {
+                wanted.claim_nonces.insert(*nonce_hash);
+                wanted.token_submissions.insert(*tracking_id);
+                wanted.submissions.insert(*tracking_id);
+                wanted.tokens.extend(tokens.iter().map(|t| t.hash));
+            }
+            Write::SubmitChained {
+                proof,
+                tokens,
+                tracking_id,
+                ..
+            } => {
+                // Loading a token loads its submission, provider and area cursor too.
+                wanted.tokens.insert(*proof);
+                wanted.token_submissions.insert(*tracking_id);
+                wanted.submissions.insert(*tracking_id);
+                wanted.tokens.extend(tokens.iter().map(|t| t.hash));
+            }
+            Write::Research { contributions } => {
+                wanted
+                    .tokens
+                    .extend(contributions.iter().map(|(hash, _, _)| *hash));
+            }
             Write::Publish(Event::BatchPublished { region, stream, .. }) => {
                 wanted.cursors.insert((region.clone(), *stream));
             }
@@ -292,6 +365,8 @@ fn command_wants(command: &Command, wanted: &mut Wanted) {
         Command::WithdrawSubmission(id) => {
             wanted.submissions.insert(*id);
             wanted.submission_keys.insert(*id);
+            wanted.token_submissions.insert(*id);
+            wanted.submission_tokens.insert(*id);
             wanted.withdrawals = true;
         }
         Command::DeregisterKeys(keys) => {
@@ -313,6 +388,10 @@ fn command_wants(command: &Command, wanted: &mut Wanted) {
         }
         Command::RevokeToken(token) => {
             wanted.admin_tokens.insert(*token);
+        }
+        Command::ImportTans { provider, tans, .. } => {
+            wanted.providers.insert(*provider);
+            wanted.codes.extend(tans.iter().copied());
         }
     }
 }
@@ -506,6 +585,98 @@ fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), Sto
             )?;
             Ok((Written::Submitted(outcome), vec![event]))
         }
+        Write::RedeemTan {
+            code_hash,
+            nonces,
+            now,
+        } => {
+            if nonces.iter().any(|n| {
+                state.claims.contains_key(&n.claim)
+                    || overlay.claim_by_nonce.contains_key(&n.nonce_hash)
+            }) {
+                return Err(StoreError::Conflict);
+            }
+            let code = state.codes.get(code_hash);
+            let issuer = code.and_then(|c| state.providers.get(&c.provider));
+            let event = rules::redeem_tan(*code_hash, code, issuer, *now, nonces.clone())?;
+            let Event::TanRedeemed {
+                expires_at,
+                token_budget,
+                ..
+            } = event
+            else {
+                unreachable!("redeem_tan returns TanRedeemed");
+            };
+            Ok((
+                Written::TanRedeemed {
+                    expires_at,
+                    token_budget,
+                },
+                vec![event],
+            ))
+        }
+        Write::SubmitTokens {
+            nonce_hash,
+            tokens,
+            tracking_id,
+            now,
+        } => {
+            let claim_id = overlay
+                .claim_by_nonce
+                .get(nonce_hash)
+                .copied()
+                .unwrap_or(ClaimId([0; 16]));
+            let claim = state.claims.get(&claim_id);
+            if state.token_submissions.contains_key(tracking_id)
+                || state.submissions.contains_key(tracking_id)
+            {
+                return Err(StoreError::Conflict);
+            }
+            let issuer = claim.and_then(|c| state.providers.get(&c.provider));
+            let (event, outcome) = rules::submit_tokens(
+                claim_id,
+                claim,
+                issuer,
+                tokens.clone(),
+                |hash| state.tokens.contains_key(hash),
+                *now,
+                *tracking_id,
+            )?;
+            Ok((Written::TokensSubmitted(outcome), vec![event]))
+        }
+        Write::SubmitChained {
+            proof,
+            max_level,
+            tokens,
+            tracking_id,
+            now,
+        } => {
+            if state.token_submissions.contains_key(tracking_id)
+                || state.submissions.contains_key(tracking_id)
+            {
+                return Err(StoreError::Conflict);
+            }
+            let proof = proof_of(state, *proof);
+            let (event, outcome) = rules::submit_chained(
+                &proof,
+                *max_level,
+                tokens.clone(),
+                |hash| state.tokens.contains_key(hash),
+                *now,
+                *tracking_id,
+            )?;
+            Ok((Written::TokensSubmitted(outcome), vec![event]))
+        }
+        Write::Research { contributions } => {
+            let proofs: Vec<(Proof<'_>, u8, u8)> = contributions
+                .iter()
+                .map(|(hash, duration, attenuation)| {
+                    (proof_of(state, *hash), *duration, *attenuation)
+                })
+                .collect();
+            let events = rules::contribute_research(&proofs, shuffle)?;
+            Ok((Written::Researched(proofs.len() as u32), events))
+        }
         Write::Publish(event) => {
             let Event::BatchPublished {
                 region,
@@ -531,6 +702,36 @@ fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), Sto
             Ok((Written::Corrected(outcome), events))
         }
         Write::Rebuild(_) | Write::Retention { .. } => unreachable!("runs alone"),
+    }
+}
+
+/// What the state knows about the published token `hash` (its row, whether its area
+/// published it, its submission and that submission's provider).
+fn proof_of(state: &confidant_core::State, hash: TokenHash) -> Proof<'_> {
+    let token = state.tokens.get(&hash);
+    let submission = token.and_then(|t| state.token_submissions.get(&t.submission));
+    Proof {
+        hash,
+        token,
+        published: token.is_some_and(|t| {
+            confidant_core::publish::token_published(
+                state
+                    .cursors
+                    .get(&(t.area.clone(), confidant_core::Stream::Tokens)),
+                t.hour,
+            )
+        }),
+        submission,
+        provider: submission.and_then(|s| state.providers.get(&s.provider)),
+    }
+}
+
+/// Fisher-Yates with the OS's randomness: research records are stored in no telling order.
+fn shuffle(cells: &mut Vec<ResearchCell>) {
+    use rand_core::{OsRng, RngCore};
+    for i in (1..cells.len()).rev() {
+        let j = (OsRng.next_u64() % (i as u64 + 1)) as usize;
+        cells.swap(i, j);
     }
 }
 
@@ -844,6 +1045,12 @@ fn wanted_for_segment(segment: &[Event]) -> Wanted {
             }
             Event::CodeRedeemed { claim, .. } => {
                 created.claims.insert(*claim);
+            }
+            Event::TansImported { tans, .. } => {
+                created.codes.extend(tans.iter().copied());
+            }
+            Event::TanRedeemed { nonces, .. } => {
+                created.claims.extend(nonces.iter().map(|n| n.claim));
             }
             _ => {}
         }

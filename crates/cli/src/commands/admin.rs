@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::runtime;
 use crate::cli::{
     AdminApiArgs, AdminArgs, AdminCodeCommand, AdminCommand, AdminKeyCommand, ProviderCommand,
-    SubmissionCommand, TokenCommand,
+    SubmissionCommand, TanArgs, TanCommand, TokenCommand,
 };
 use crate::input::parse_timestamp;
 use crate::settings::{StoreArgs, store_settings};
@@ -63,6 +63,77 @@ pub fn run(args: AdminArgs) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// TANs per import request (the API's limit).
+const TANS_PER_REQUEST: usize = confidant_server::bodies::MAX_TANS_PER_IMPORT;
+
+/// `confidant tan import`: the list is checked here first (line numbers in errors), then sent
+/// in requests of at most [`TANS_PER_REQUEST`], each an audited import.
+pub fn tan(args: TanArgs) -> Result<ExitCode> {
+    let TanCommand::Import {
+        file,
+        provider,
+        expires,
+        reason,
+    } = args.command;
+    let bytes = if file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .context("cannot read the TAN list from stdin")?;
+        bytes
+    } else {
+        std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let tans = tan_file(&bytes).with_context(|| format!("{}", file.display()))?;
+    let expires_at = expires
+        .map(|text| parse_timestamp(&text).map_err(|why| anyhow!("--expires: {why}")))
+        .transpose()?
+        .unwrap_or(now() + confidant_server::bodies::DEFAULT_TAN_TTL_SECONDS);
+    runtime()?.block_on(async {
+        let api = Api::new(&args.api)?;
+        let (mut imported, mut skipped) = (0, 0);
+        let mut valid_until = String::new();
+        for chunk in tans.chunks(TANS_PER_REQUEST) {
+            let done = api
+                .post(
+                    "/tans",
+                    json!({"provider": provider, "tans": chunk, "expiresAt": expires_at, "reason": reason}),
+                )
+                .await?;
+            imported += count(&done, "imported");
+            skipped += count(&done, "skipped");
+            valid_until = text(&done, "expiresAt").to_owned();
+        }
+        out!("imported {imported} TAN(s), {skipped} already known; valid until {valid_until}");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The TANs of a list file: JSON (an array, or an object with `tans`) or lines of text.
+fn tan_file(bytes: &[u8]) -> Result<Vec<String>> {
+    match bytes.trim_ascii_start().first() {
+        Some(b'[' | b'{') => {
+            let value: Value =
+                serde_json::from_slice(bytes).context("the list is not valid JSON")?;
+            let list = match &value {
+                Value::Array(_) => &value,
+                _ => &value["tans"],
+            };
+            let tans: Vec<String> = serde_json::from_value(list.clone())
+                .context("expected a JSON array of TAN strings, or an object with `tans`")?;
+            tans.iter()
+                .enumerate()
+                .map(|(index, tan)| {
+                    confidant_core::codes::normalize_tan(tan)
+                        .map_err(|why| anyhow!("TAN #{index}: {why}"))
+                })
+                .collect()
+        }
+        // Checked by the server's own parser, without its per-request limit.
+        _ => confidant_server::bodies::tan_list(bytes, usize::MAX)
+            .map_err(|p| anyhow!("{} ({})", p.detail, p.code)),
+    }
 }
 
 /// The bootstrap: records a token on the console, straight into the database.

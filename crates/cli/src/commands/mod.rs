@@ -13,6 +13,7 @@ mod feed;
 mod keys;
 mod log;
 mod matching;
+mod research;
 mod serve;
 mod simulate;
 
@@ -39,6 +40,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Tan(args) => admin::tan(args),
+        Command::Research(command) => research::run(command),
         Command::Rebuild(args) => admin::rebuild(args),
         Command::Check(args) => admin::check(args),
         Command::Log(command) => log::run(command),

@@ -70,6 +70,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 dev_clock,
                 serve_cache_bytes: 256 << 20,
                 max_wrong_codes_per_hour: settings.max_wrong_codes_per_hour,
+                tokens: settings.tokens,
             },
             clock,
         )

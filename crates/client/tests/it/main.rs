@@ -1,12 +1,14 @@
 //! The client against a real server over HTTP on port 0 (SQLite; the server's own suite
 //! covers PostgreSQL): phones broadcast and listen, upload through both APIs, download the
-//! feed and the exports, survive restarts, refuse tampered files and see withdrawals; and
-//! pairs of phones run the encounter-token protocol offline (`encounter`).
+//! feed and the exports, survive restarts, refuse tampered files and see withdrawals; pairs
+//! of phones run the encounter-token protocol offline (`encounter`); and phones match
+//! published token files served from memory and talk to the token API (`tokens`).
 
 mod encounter;
 mod fuzz_corpus;
 mod resilience;
 mod round_trip;
+mod tokens;
 mod withdrawal;
 
 use std::collections::BTreeSet;

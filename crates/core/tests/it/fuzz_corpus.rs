@@ -21,6 +21,11 @@ fn gcs_filter_corpus() {
     replay::replay("gcs_filter", checks::gcs_filter);
 }
 
+#[test]
+fn token_file_corpus() {
+    replay::replay("token_file", checks::token_file);
+}
+
 /// A corpus that vanished must not pass as "nothing failed".
 #[test]
 #[should_panic(expected = "is missing")]

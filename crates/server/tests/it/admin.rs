@@ -16,10 +16,14 @@ use crate::{BOTH, PROVIDER_TOKEN, SECRET, T0, TestServer};
 
 const HOUR: u64 = 3600;
 /// The provider [`TestServer::start`] registers.
-const LAB: &str = "0101010101010101";
+pub(crate) const LAB: &str = "0101010101010101";
 
 /// Records an admin token on the console, as `confidant admin token create` does.
-async fn bootstrap(server: &TestServer, scope: Scope, label: &str) -> (String, AdminTokenId) {
+pub(crate) async fn bootstrap(
+    server: &TestServer,
+    scope: Scope,
+    label: &str,
+) -> (String, AdminTokenId) {
     let (secret, command) = new_admin_token(&KeyedHasher::new(SECRET), scope, label);
     let confidant_core::corrections::Command::CreateToken { token, .. } = &command else {
         panic!("not a token: {command:?}");
@@ -39,7 +43,7 @@ async fn bootstrap(server: &TestServer, scope: Scope, label: &str) -> (String, A
 }
 
 /// An admin request; `body` is sent as JSON when given.
-async fn admin(
+pub(crate) async fn admin(
     server: &TestServer,
     method: Method,
     path: &str,
@@ -72,12 +76,21 @@ async fn get(server: &TestServer, path: &str, token: &str) -> (StatusCode, Value
     admin(server, Method::GET, path, Some(token), None).await
 }
 
-async fn act(server: &TestServer, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn act(
+    server: &TestServer,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     admin(server, Method::POST, path, Some(token), Some(body)).await
 }
 
 /// Asserts a problem's status and code.
-fn refused((status, body): (StatusCode, Value), expected: StatusCode, code: &str) -> Value {
+pub(crate) fn refused(
+    (status, body): (StatusCode, Value),
+    expected: StatusCode,
+    code: &str,
+) -> Value {
     assert_eq!(
         (status, body["code"].as_str()),
         (expected, Some(code)),
@@ -87,7 +100,7 @@ fn refused((status, body): (StatusCode, Value), expected: StatusCode, code: &str
 }
 
 /// Asserts success and returns the body.
-fn done((status, body): (StatusCode, Value)) -> Value {
+pub(crate) fn done((status, body): (StatusCode, Value)) -> Value {
     assert!(status.is_success(), "{status}: {body}");
     body
 }

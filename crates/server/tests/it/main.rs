@@ -7,6 +7,7 @@ mod fuzz_corpus;
 mod native;
 mod openapi;
 mod publication;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -104,6 +105,11 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Keeps `dir` (where this server publishes) until the server is dropped.
+    pub fn keep_dir(&mut self, dir: tempfile::TempDir) {
+        self.published_dir = Some(dir);
     }
 
     /// Graceful stop: in-flight requests finish, then the store closes.
