@@ -159,4 +159,49 @@ pub fn native_json(data: &[u8]) {
         }
         Err(problem) => refused(problem),
     }
+    token_json(data);
+}
+
+/// The encounter-token bodies (`/v1/tokens…`, `/v1/research`, `/admin/v1/tans`).
+fn token_json(data: &[u8]) {
+    use confidant_core::codes::normalize_tan;
+    match bodies::tan_redeem_request(data) {
+        Ok(tan) => assert_eq!(normalize_tan(&tan), Ok(tan)),
+        Err(problem) => refused(problem),
+    }
+    for chained in [false, true] {
+        match bodies::token_upload_request(data, chained, 2) {
+            Ok(request) => {
+                assert!(request.tokens.iter().all(|t| t.area.as_str().len() == 2));
+                assert_eq!(
+                    matches!(
+                        request.authorisation,
+                        bodies::TokenAuthorisation::Preimage(_)
+                    ),
+                    chained
+                );
+            }
+            Err(problem) => refused(problem),
+        }
+    }
+    match bodies::research_request(data) {
+        Ok(contributions) => {
+            assert!((1..=bodies::MAX_RESEARCH_CONTRIBUTIONS).contains(&contributions.len()));
+        }
+        Err(problem) => refused(problem),
+    }
+    for parsed in [
+        bodies::tan_import_request(data),
+        bodies::tan_import_csv(data, Some("0101010101010101"), None, None),
+    ] {
+        match parsed {
+            Ok(request) => {
+                assert!((1..=bodies::MAX_TANS_PER_IMPORT).contains(&request.tans.len()));
+                for tan in &request.tans {
+                    assert_eq!(normalize_tan(tan).as_ref(), Ok(tan));
+                }
+            }
+            Err(problem) => refused(problem),
+        }
+    }
 }

@@ -693,6 +693,17 @@ impl<F: Fetch> TokenDownloader<F> {
                 .extend(result.unconfirmed.iter().map(found));
             update.batches += 1;
         }
+        // An unconfirmed candidate that some batch confirmed, or that matched before, is no news.
+        let settled: BTreeSet<u64> = live
+            .iter()
+            .chain(&update.matches)
+            .map(|m| m.encounter_id)
+            .collect();
+        update
+            .unconfirmed
+            .retain(|m| !settled.contains(&m.encounter_id));
+        let mut listed = BTreeSet::new();
+        update.unconfirmed.retain(|m| listed.insert(m.encounter_id));
         update.files = traffic.files;
         update.bytes = traffic.bytes;
 

@@ -383,6 +383,268 @@ pub fn submit(
     ))
 }
 
+/// A TAN list's import: the hashes not stored yet, valid until `expires_at`. Returns the event
+/// (`None` when every TAN was already there) and how many were skipped as duplicates.
+pub fn import_tans(
+    provider_id: ProviderId,
+    provider: Option<&Provider>,
+    tans: &[Digest],
+    is_stored: impl Fn(&Digest) -> bool,
+    expires_at: UnixSeconds,
+    now: UnixSeconds,
+) -> Result<(Option<Event>, u32), DomainError> {
+    let provider = provider.ok_or(DomainError::NoSuchProvider)?;
+    if provider.revoked {
+        return Err(DomainError::ProviderRevoked);
+    }
+    if !provider.active() {
+        return Err(DomainError::ProviderSuspended);
+    }
+    if tans.is_empty() {
+        return Err(DomainError::NoTans);
+    }
+    let max = crate::codes::MAX_TAN_TTL_SECONDS;
+    let ttl = expires_at.saturating_sub(now);
+    if expires_at <= now || ttl > max {
+        return Err(DomainError::TtlOutOfRange {
+            format: CodeFormat::Tan.name(),
+            min: 1,
+            max,
+            got: ttl,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    let fresh: Vec<Digest> = tans
+        .iter()
+        .filter(|tan| !is_stored(tan) && seen.insert(**tan))
+        .copied()
+        .collect();
+    let skipped = (tans.len() - fresh.len()) as u32;
+    let event = (!fresh.is_empty()).then_some(Event::TansImported {
+        provider: provider_id,
+        tans: fresh,
+        expires_at,
+    });
+    Ok((event, skipped))
+}
+
+/// Exchanges a TAN for single-use upload nonces (the caller made them and hashed them).
+/// Unknown, expired, used and non-TAN codes get one answer, as codes do.
+pub fn redeem_tan(
+    code_hash: Digest,
+    code: Option<&Code>,
+    provider: Option<&Provider>,
+    now: UnixSeconds,
+    nonces: Vec<NonceClaim>,
+) -> Result<Event, DomainError> {
+    let code = code
+        .filter(|c| !c.redeemed && now < c.expires_at && c.format == CodeFormat::Tan)
+        .ok_or(DomainError::InvalidCode)?;
+    let provider = provider
+        .filter(|p| p.active())
+        .ok_or(DomainError::InvalidCode)?;
+    Ok(Event::TanRedeemed {
+        code_hash,
+        provider: code.provider,
+        region: provider.region.clone(),
+        expires_at: (now + CLAIM_LIFETIME_SECONDS).div_ceil(3600) * 3600,
+        token_budget: MAX_TOKENS_PER_UPLOAD,
+        nonces,
+    })
+}
+
+/// Checks an upload's token hashes: count, days within the last [`TOKEN_DAYS`] (a day ahead
+/// allowed for clock skew), and splits off hashes already stored or repeated.
+fn accept_tokens(
+    tokens: Vec<UploadedToken>,
+    budget: u32,
+    is_stored: impl Fn(&TokenHash) -> bool,
+    now: UnixSeconds,
+) -> Result<(Vec<UploadedToken>, u32), DomainError> {
+    if tokens.is_empty() {
+        return Err(DomainError::NoTokens);
+    }
+    if tokens.len() > budget as usize {
+        return Err(DomainError::TooManyTokens {
+            max: budget,
+            got: tokens.len(),
+        });
+    }
+    let today = (now / 86_400) as u32;
+    let (first, last) = (today.saturating_sub(TOKEN_DAYS - 1), today + 1);
+    if let Some((index, token)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, t)| !(first..=last).contains(&t.day))
+    {
+        return Err(DomainError::TokenDayOutOfRange {
+            index,
+            day: token.day,
+            first,
+            last,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    let total = tokens.len();
+    let fresh: Vec<UploadedToken> = tokens
+        .into_iter()
+        .filter(|t| !is_stored(&t.hash) && seen.insert(t.hash))
+        .collect();
+    let skipped = (total - fresh.len()) as u32;
+    Ok((fresh, skipped))
+}
+
+/// A level-0 upload with a nonce's claim: single use, all or nothing.
+pub fn submit_tokens(
+    claim_id: ClaimId,
+    claim: Option<&Claim>,
+    provider: Option<&Provider>,
+    tokens: Vec<UploadedToken>,
+    is_stored: impl Fn(&TokenHash) -> bool,
+    now: UnixSeconds,
+    tracking_id: TrackingId,
+) -> Result<(Event, TokenOutcome), DomainError> {
+    let claim = claim
+        .filter(|c| now < c.expires_at && matches!(c.credential, Credential::Nonce { .. }))
+        .ok_or(DomainError::UnknownNonce)?;
+    if claim.budget_remaining == 0 {
+        return Err(DomainError::NonceUsed);
+    }
+    if provider.is_none_or(|p| !p.active()) {
+        return Err(DomainError::ProviderSuspended);
+    }
+    let (fresh, skipped) = accept_tokens(tokens, claim.budget_remaining, is_stored, now)?;
+    let outcome = TokenOutcome {
+        tracking_id,
+        level: 0,
+        inserted: fresh.len() as u32,
+        skipped,
+    };
+    Ok((
+        Event::TokensSubmitted {
+            submission: tracking_id,
+            claim: Some(claim_id),
+            provider: claim.provider,
+            hour: hour_of(now),
+            level: 0,
+            tokens: fresh,
+            skipped,
+            proof: None,
+        },
+        outcome,
+    ))
+}
+
+/// What a chained upload's proof refers to, as the store found it.
+pub struct Proof<'a> {
+    /// H(preimage).
+    pub hash: TokenHash,
+    pub token: Option<&'a TokenRecord>,
+    /// Whether the token's area has published it.
+    pub published: bool,
+    pub submission: Option<&'a TokenSubmission>,
+    pub provider: Option<&'a Provider>,
+}
+
+impl Proof<'_> {
+    /// The proven token, if the proof holds: published, live, its report's provider active.
+    fn token(&self) -> Result<&TokenRecord, DomainError> {
+        let token = self
+            .token
+            .filter(|t| self.published && t.withdrawn.is_none())
+            .ok_or(DomainError::UnknownProof)?;
+        if self.submission.is_none_or(|s| s.withdrawn) {
+            return Err(DomainError::UnknownProof);
+        }
+        if self.provider.is_none_or(|p| !p.active()) {
+            return Err(DomainError::ProviderSuspended);
+        }
+        Ok(token)
+    }
+}
+
+/// A chained upload at level n + 1, authorised by the preimage of a published level-n hash.
+pub fn submit_chained(
+    proof: &Proof<'_>,
+    max_level: Level,
+    tokens: Vec<UploadedToken>,
+    is_stored: impl Fn(&TokenHash) -> bool,
+    now: UnixSeconds,
+    tracking_id: TrackingId,
+) -> Result<(Event, TokenOutcome), DomainError> {
+    let proven = proof.token()?;
+    if proven.proved {
+        return Err(DomainError::ProofUsed);
+    }
+    let level = u32::from(proven.level) + 1;
+    if level > u32::from(max_level) {
+        return Err(DomainError::LevelTooHigh {
+            level,
+            max: max_level,
+        });
+    }
+    let level = level as Level;
+    let (fresh, skipped) = accept_tokens(tokens, MAX_TOKENS_PER_UPLOAD, is_stored, now)?;
+    let provider = proof
+        .submission
+        .map(|s| s.provider)
+        .ok_or(DomainError::UnknownProof)?;
+    let outcome = TokenOutcome {
+        tracking_id,
+        level,
+        inserted: fresh.len() as u32,
+        skipped,
+    };
+    Ok((
+        Event::TokensSubmitted {
+            submission: tracking_id,
+            claim: None,
+            provider,
+            hour: hour_of(now),
+            level,
+            tokens: fresh,
+            skipped,
+            proof: Some(proof.hash),
+        },
+        outcome,
+    ))
+}
+
+/// Opt-in research data for proven encounters: one cell each (the day and level from the
+/// published token, the buckets from the phone), each preimage once. All or nothing.
+pub fn contribute_research(
+    proofs: &[(Proof<'_>, u8, u8)],
+    shuffle: impl FnOnce(&mut [ResearchCell]),
+) -> Result<Vec<Event>, DomainError> {
+    let mut hashes = Vec::with_capacity(proofs.len());
+    let mut cells = Vec::with_capacity(proofs.len());
+    let mut hour = 0;
+    let mut seen = BTreeSet::new();
+    for (proof, duration, attenuation) in proofs {
+        let token = proof.token()?;
+        if token.researched || !seen.insert(proof.hash) {
+            return Err(DomainError::ProofUsed);
+        }
+        hour = hour.max(token.hour);
+        hashes.push(proof.hash);
+        cells.push(ResearchCell {
+            day: token.day,
+            duration: *duration,
+            attenuation: *attenuation,
+            level: token.level,
+        });
+    }
+    if cells.is_empty() {
+        return Err(DomainError::NoTokens);
+    }
+    // The records must not reveal which proof they came from.
+    shuffle(&mut cells);
+    Ok(vec![
+        Event::TokensResearched { hashes, hour },
+        Event::ResearchRecorded { cells },
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,266 +882,4 @@ mod tests {
             Err(DomainError::TtlOutOfRange { max: 600, .. })
         ));
     }
-}
-
-/// A TAN list's import: the hashes not stored yet, valid until `expires_at`. Returns the event
-/// (`None` when every TAN was already there) and how many were skipped as duplicates.
-pub fn import_tans(
-    provider_id: ProviderId,
-    provider: Option<&Provider>,
-    tans: &[Digest],
-    is_stored: impl Fn(&Digest) -> bool,
-    expires_at: UnixSeconds,
-    now: UnixSeconds,
-) -> Result<(Option<Event>, u32), DomainError> {
-    let provider = provider.ok_or(DomainError::NoSuchProvider)?;
-    if provider.revoked {
-        return Err(DomainError::ProviderRevoked);
-    }
-    if !provider.active() {
-        return Err(DomainError::ProviderSuspended);
-    }
-    if tans.is_empty() {
-        return Err(DomainError::NoTans);
-    }
-    let max = crate::codes::MAX_TAN_TTL_SECONDS;
-    let ttl = expires_at.saturating_sub(now);
-    if expires_at <= now || ttl > max {
-        return Err(DomainError::TtlOutOfRange {
-            format: CodeFormat::Tan.name(),
-            min: 1,
-            max,
-            got: ttl,
-        });
-    }
-    let mut seen = BTreeSet::new();
-    let fresh: Vec<Digest> = tans
-        .iter()
-        .filter(|tan| !is_stored(tan) && seen.insert(**tan))
-        .copied()
-        .collect();
-    let skipped = (tans.len() - fresh.len()) as u32;
-    let event = (!fresh.is_empty()).then(|| Event::TansImported {
-        provider: provider_id,
-        tans: fresh,
-        expires_at,
-    });
-    Ok((event, skipped))
-}
-
-/// Exchanges a TAN for single-use upload nonces (the caller made them and hashed them).
-/// Unknown, expired, used and non-TAN codes get one answer, as codes do.
-pub fn redeem_tan(
-    code_hash: Digest,
-    code: Option<&Code>,
-    provider: Option<&Provider>,
-    now: UnixSeconds,
-    nonces: Vec<NonceClaim>,
-) -> Result<Event, DomainError> {
-    let code = code
-        .filter(|c| !c.redeemed && now < c.expires_at && c.format == CodeFormat::Tan)
-        .ok_or(DomainError::InvalidCode)?;
-    let provider = provider
-        .filter(|p| p.active())
-        .ok_or(DomainError::InvalidCode)?;
-    Ok(Event::TanRedeemed {
-        code_hash,
-        provider: code.provider,
-        region: provider.region.clone(),
-        expires_at: (now + CLAIM_LIFETIME_SECONDS).div_ceil(3600) * 3600,
-        token_budget: MAX_TOKENS_PER_UPLOAD,
-        nonces,
-    })
-}
-
-/// Checks an upload's token hashes: count, days within the last [`TOKEN_DAYS`] (a day ahead
-/// allowed for clock skew), and splits off hashes already stored or repeated.
-fn accept_tokens(
-    tokens: Vec<UploadedToken>,
-    budget: u32,
-    is_stored: impl Fn(&TokenHash) -> bool,
-    now: UnixSeconds,
-) -> Result<(Vec<UploadedToken>, u32), DomainError> {
-    if tokens.is_empty() {
-        return Err(DomainError::NoTokens);
-    }
-    if tokens.len() > budget as usize {
-        return Err(DomainError::TooManyTokens {
-            max: budget,
-            got: tokens.len(),
-        });
-    }
-    let today = (now / 86_400) as u32;
-    let (first, last) = (today.saturating_sub(TOKEN_DAYS - 1), today + 1);
-    if let Some((index, token)) = tokens
-        .iter()
-        .enumerate()
-        .find(|(_, t)| !(first..=last).contains(&t.day))
-    {
-        return Err(DomainError::TokenDayOutOfRange {
-            index,
-            day: token.day,
-            first,
-            last,
-        });
-    }
-    let mut seen = BTreeSet::new();
-    let total = tokens.len();
-    let fresh: Vec<UploadedToken> = tokens
-        .into_iter()
-        .filter(|t| !is_stored(&t.hash) && seen.insert(t.hash))
-        .collect();
-    let skipped = (total - fresh.len()) as u32;
-    Ok((fresh, skipped))
-}
-
-/// A level-0 upload with a nonce's claim: single use, all or nothing.
-pub fn submit_tokens(
-    claim_id: ClaimId,
-    claim: Option<&Claim>,
-    provider: Option<&Provider>,
-    tokens: Vec<UploadedToken>,
-    is_stored: impl Fn(&TokenHash) -> bool,
-    now: UnixSeconds,
-    tracking_id: TrackingId,
-) -> Result<(Event, TokenOutcome), DomainError> {
-    let claim = claim
-        .filter(|c| now < c.expires_at && matches!(c.credential, Credential::Nonce { .. }))
-        .ok_or(DomainError::UnknownNonce)?;
-    if claim.budget_remaining == 0 {
-        return Err(DomainError::NonceUsed);
-    }
-    if provider.is_none_or(|p| !p.active()) {
-        return Err(DomainError::ProviderSuspended);
-    }
-    let (fresh, skipped) = accept_tokens(tokens, claim.budget_remaining, is_stored, now)?;
-    let outcome = TokenOutcome {
-        tracking_id,
-        level: 0,
-        inserted: fresh.len() as u32,
-        skipped,
-    };
-    Ok((
-        Event::TokensSubmitted {
-            submission: tracking_id,
-            claim: Some(claim_id),
-            provider: claim.provider,
-            hour: hour_of(now),
-            level: 0,
-            tokens: fresh,
-            skipped,
-            proof: None,
-        },
-        outcome,
-    ))
-}
-
-/// What a chained upload's proof refers to, as the store found it.
-pub struct Proof<'a> {
-    /// H(preimage).
-    pub hash: TokenHash,
-    pub token: Option<&'a TokenRecord>,
-    /// Whether the token's area has published it.
-    pub published: bool,
-    pub submission: Option<&'a TokenSubmission>,
-    pub provider: Option<&'a Provider>,
-}
-
-impl Proof<'_> {
-    /// The proven token, if the proof holds: published, live, its report's provider active.
-    fn token(&self) -> Result<&TokenRecord, DomainError> {
-        let token = self
-            .token
-            .filter(|t| self.published && t.withdrawn.is_none())
-            .ok_or(DomainError::UnknownProof)?;
-        if self.submission.is_none_or(|s| s.withdrawn) {
-            return Err(DomainError::UnknownProof);
-        }
-        if self.provider.is_none_or(|p| !p.active()) {
-            return Err(DomainError::ProviderSuspended);
-        }
-        Ok(token)
-    }
-}
-
-/// A chained upload at level n + 1, authorised by the preimage of a published level-n hash.
-pub fn submit_chained(
-    proof: &Proof<'_>,
-    max_level: Level,
-    tokens: Vec<UploadedToken>,
-    is_stored: impl Fn(&TokenHash) -> bool,
-    now: UnixSeconds,
-    tracking_id: TrackingId,
-) -> Result<(Event, TokenOutcome), DomainError> {
-    let proven = proof.token()?;
-    if proven.proved {
-        return Err(DomainError::ProofUsed);
-    }
-    let level = u32::from(proven.level) + 1;
-    if level > u32::from(max_level) {
-        return Err(DomainError::LevelTooHigh {
-            level,
-            max: max_level,
-        });
-    }
-    let level = level as Level;
-    let (fresh, skipped) = accept_tokens(tokens, MAX_TOKENS_PER_UPLOAD, is_stored, now)?;
-    let provider = proof
-        .submission
-        .map(|s| s.provider)
-        .ok_or(DomainError::UnknownProof)?;
-    let outcome = TokenOutcome {
-        tracking_id,
-        level,
-        inserted: fresh.len() as u32,
-        skipped,
-    };
-    Ok((
-        Event::TokensSubmitted {
-            submission: tracking_id,
-            claim: None,
-            provider,
-            hour: hour_of(now),
-            level,
-            tokens: fresh,
-            skipped,
-            proof: Some(proof.hash),
-        },
-        outcome,
-    ))
-}
-
-/// Opt-in research data for proven encounters: one cell each (the day and level from the
-/// published token, the buckets from the phone), each preimage once. All or nothing.
-pub fn contribute_research(
-    proofs: &[(Proof<'_>, u8, u8)],
-    shuffle: impl FnOnce(&mut Vec<ResearchCell>),
-) -> Result<Vec<Event>, DomainError> {
-    let mut hashes = Vec::with_capacity(proofs.len());
-    let mut cells = Vec::with_capacity(proofs.len());
-    let mut hour = 0;
-    let mut seen = BTreeSet::new();
-    for (proof, duration, attenuation) in proofs {
-        let token = proof.token()?;
-        if token.researched || !seen.insert(proof.hash) {
-            return Err(DomainError::ProofUsed);
-        }
-        hour = hour.max(token.hour);
-        hashes.push(proof.hash);
-        cells.push(ResearchCell {
-            day: token.day,
-            duration: *duration,
-            attenuation: *attenuation,
-            level: token.level,
-        });
-    }
-    if cells.is_empty() {
-        return Err(DomainError::NoTokens);
-    }
-    // The records must not reveal which proof they came from.
-    shuffle(&mut cells);
-    Ok(vec![
-        Event::TokensResearched { hashes, hour },
-        Event::ResearchRecorded { cells },
-    ])
 }

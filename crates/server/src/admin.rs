@@ -21,7 +21,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use confidant_core::corrections::{Actor, Command, Outcome, Scope};
 use confidant_core::publish::{self, Stream};
-use confidant_core::state::KeyRecord;
+use confidant_core::state::{KeyRecord, TokenSubmission};
 use confidant_core::{
     AdminTokenId, Event, KeyedHasher, Provider, ProviderId, Submission, TrackingId,
 };
@@ -423,6 +423,32 @@ pub(crate) async fn submission_status(
     }))
 }
 
+/// A token upload and where it stands: withdrawn; else published once an area's token stream
+/// has published its hour; else accepted.
+pub(crate) async fn token_submission_status(
+    state: &AppState,
+    id: TrackingId,
+) -> Result<Option<(TokenSubmission, SubmissionStatus)>, StoreError> {
+    let Some(submission) = state.store.token_submission(id).await? else {
+        return Ok(None);
+    };
+    let mut status = if submission.withdrawn {
+        SubmissionStatus::Withdrawn
+    } else {
+        SubmissionStatus::Accepted
+    };
+    if status == SubmissionStatus::Accepted {
+        for area in state.store.token_submission_areas(id).await? {
+            let cursor = state.store.cursor(&area, Stream::Tokens).await?;
+            if publish::token_published(cursor.as_ref(), submission.hour) {
+                status = SubmissionStatus::Published;
+                break;
+            }
+        }
+    }
+    Ok(Some((submission, status)))
+}
+
 fn unknown_submission() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
@@ -438,9 +464,20 @@ async fn show_submission(
 ) -> Result<Response, Problem> {
     authorize(&state, &headers, Scope::Read).await?;
     let id = tracking_id(&tracking)?;
-    let report = submission_status(&state, id)
-        .await?
-        .ok_or_else(unknown_submission)?;
+    let Some(report) = submission_status(&state, id).await? else {
+        let (submission, status) = token_submission_status(&state, id)
+            .await?
+            .ok_or_else(unknown_submission)?;
+        return Ok(ok(json!({
+            "trackingId": id.to_hex(),
+            "protocol": "tokens",
+            "provider": submission.provider.to_hex(),
+            "level": submission.level,
+            "submittedHour": rfc3339(submission.hour * 3600),
+            "tokens": submission.inserted,
+            "status": status.name(),
+        })));
+    };
     let submission = &report.submission;
     Ok(ok(json!({
         "trackingId": id.to_hex(),

@@ -180,6 +180,7 @@ impl App {
             .merge(observe::routes())
             .merge(openapi::routes(openapi::document(
                 &settings.policy,
+                &settings.tokens,
                 settings.dev_clock.is_some(),
             )))
             .route("/health", get(|| async { "ok\n" }))

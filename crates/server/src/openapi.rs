@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3 description of every route (`openapi.json` beside this
-//! crate's sources), made true for this server: its code lifetimes, and `/dev/clock` only
-//! under `serve --dev`. The server tests check it names exactly the routes there are; CI runs
+//! crate's sources), made true for this server: its code lifetimes, the postal-code
+//! characters an encounter-token area needs, and `/dev/clock` only under `serve --dev`. The server tests check it names exactly the routes there are; CI runs
 //! schemathesis against it (`tools/api-conformance`).
 
 use axum::Router;
@@ -12,11 +12,12 @@ use confidant_core::{CodeFormat, CodePolicy};
 use serde_json::Value;
 
 use crate::AppState;
+use crate::tokens::TokenSettings;
 
 const DESCRIPTION: &str = include_str!("../openapi.json");
 
-/// The description for a server with `policy`, with or without the dev clock.
-pub fn document(policy: &CodePolicy, dev_clock: bool) -> Bytes {
+/// The description for a server with `policy` and `tokens`, with or without the dev clock.
+pub fn document(policy: &CodePolicy, tokens: &TokenSettings, dev_clock: bool) -> Bytes {
     let mut document: Value = serde_json::from_str(DESCRIPTION).expect("openapi.json is JSON");
     document["info"]["version"] = env!("CARGO_PKG_VERSION").into();
     // CodeRequest's anyOf has one branch per format, in this order.
@@ -31,6 +32,14 @@ pub fn document(policy: &CodePolicy, dev_clock: bool) -> Bytes {
             .expect("openapi.json has a ttlSeconds per code format");
         ttl["maximum"] = policy.ttl(format).into();
     }
+    let area = document
+        .pointer_mut("/components/schemas/Area/pattern")
+        .expect("openapi.json has an Area pattern");
+    let pattern = area
+        .as_str()
+        .unwrap_or_default()
+        .replace("{2,}", &format!("{{{},}}", tokens.area_chars));
+    *area = pattern.into();
     if !dev_clock && let Some(paths) = document["paths"].as_object_mut() {
         paths.remove("/dev/clock");
     }

@@ -4,7 +4,7 @@
 //! - `POST /v1/verify` redeems a code for an upload token with a key budget;
 //! - `POST /v1/submissions` (upload bearer token) stores diagnosis keys;
 //! - `GET /v1/submissions/{trackingId}` reports what a submission stored and where it stands
-//!   (accepted, published or withdrawn).
+//!   (accepted, published or withdrawn), for GAEN keys and encounter-token uploads alike.
 
 use std::net::SocketAddr;
 
@@ -289,15 +289,27 @@ async fn submission_status(
             "a tracking ID is 32 hexadecimal characters",
         )
     })?;
-    let report = crate::admin::submission_status(&state, id)
-        .await?
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "unknown_submission",
-                "no submission has this tracking ID",
-            )
-        })?;
+    let Some(report) = crate::admin::submission_status(&state, id).await? else {
+        let (submission, status) = crate::admin::token_submission_status(&state, id)
+            .await?
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_submission",
+                    "no submission has this tracking ID",
+                )
+            })?;
+        return Ok(axum::Json(json!({
+            "trackingId": tracking_id,
+            "protocol": "tokens",
+            "status": status.name(),
+            "level": submission.level,
+            "submittedHour": rfc3339(submission.hour * 3600),
+            "inserted": submission.inserted,
+            "skipped": submission.skipped,
+        }))
+        .into_response());
+    };
     let submission = report.submission;
     Ok(axum::Json(json!({
         "trackingId": tracking_id,

@@ -617,6 +617,22 @@ impl Store {
         })
     }
 
+    /// The areas a token upload's hashes are published in.
+    pub async fn token_submission_areas(&self, id: TrackingId) -> Result<Vec<Region>, StoreError> {
+        let mut conn = self.read().await?;
+        conn.fetch_all(
+            "SELECT DISTINCT area FROM tokens WHERE submission = $1 ORDER BY area",
+            &[id.0.into()],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Region::try_from(row.text(0)?)
+                .map_err(|e| StoreError::Unavailable(format!("bad area in store: {e}")))
+        })
+        .collect()
+    }
+
     /// The research counts, by cell.
     pub async fn research(&self) -> Result<Vec<(ResearchCell, u64)>, StoreError> {
         let mut conn = self.read().await?;

@@ -727,7 +727,7 @@ fn proof_of(state: &confidant_core::State, hash: TokenHash) -> Proof<'_> {
 }
 
 /// Fisher-Yates with the OS's randomness: research records are stored in no telling order.
-fn shuffle(cells: &mut Vec<ResearchCell>) {
+fn shuffle(cells: &mut [ResearchCell]) {
     use rand_core::{OsRng, RngCore};
     for i in (1..cells.len()).rev() {
         let j = (OsRng.next_u64() % (i as u64 + 1)) as usize;

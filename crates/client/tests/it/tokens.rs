@@ -683,7 +683,8 @@ fn tokens_the_index_is_checked_before_anything_is_fetched() {
     publisher.publish(&[], &[]);
     let good = publisher.cdn.index();
     parse_token_index("i", &serde_json::to_vec(&good).expect("json"), &area()).expect("valid");
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Change)> = vec![
         ("format", Box::new(|v| v["format"] = json!(2))),
         ("area", Box::new(|v| v["area"] = json!("65"))),
         ("latestSeq", Box::new(|v| v["latestSeq"] = json!(3))),
@@ -731,6 +732,9 @@ fn tokens_the_upload_list_is_sorted_recent_and_unredacted() {
     assert_eq!(upload_list(&store, T0 + 14 * DAY), Vec::new());
 }
 
+/// The requests a scripted server saw: method and path, JSON body.
+type Seen = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
 /// One scripted HTTP exchange: what the server answers.
 struct Answer {
     status: u16,
@@ -739,7 +743,7 @@ struct Answer {
 
 /// A one-connection-per-request HTTP server on 127.0.0.1:0 that answers `answers` in order and
 /// records each request as (method and path, JSON body).
-fn scripted(answers: Vec<Answer>) -> (String, Arc<Mutex<Vec<(String, serde_json::Value)>>>) {
+fn scripted(answers: Vec<Answer>) -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let seen = Arc::new(Mutex::new(Vec::new()));

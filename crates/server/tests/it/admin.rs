@@ -670,7 +670,7 @@ async fn withdrawal_and_deregistration_report_what_they_did() {
         );
         assert_eq!(
             withdrawn,
-            json!({"changed": true, "submissionsWithdrawn": 1, "keysWithdrawn": 3})
+            json!({"changed": true, "submissionsWithdrawn": 1, "keysWithdrawn": 3, "tokensWithdrawn": 0})
         );
         assert_eq!(
             app_status(&server, &first).await,
@@ -681,7 +681,7 @@ async fn withdrawal_and_deregistration_report_what_they_did() {
         let again = done(act(&server, &withdraw, &operator, json!({"reason": "again"})).await);
         assert_eq!(
             again,
-            json!({"changed": false, "submissionsWithdrawn": 0, "keysWithdrawn": 0})
+            json!({"changed": false, "submissionsWithdrawn": 0, "keysWithdrawn": 0, "tokensWithdrawn": 0})
         );
         refused(
             act(

@@ -117,6 +117,20 @@ async fn publish_at(server: &TestServer, hours: u64) {
         .expect("published");
 }
 
+/// What `GET /v1/submissions/{trackingId}` tells the app about its token upload.
+async fn fate(server: &TestServer, tracking: &str) -> String {
+    let response = server
+        .http
+        .get(server.url(&format!("/v1/submissions/{tracking}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["protocol"], "tokens");
+    body["status"].as_str().expect("status").to_owned()
+}
+
 async fn fetch(server: &TestServer, path: &str) -> (StatusCode, bytes::Bytes) {
     let response = server
         .http
@@ -249,7 +263,7 @@ async fn tan_to_nonce_to_upload_to_filter_to_match_and_chained_notifications() {
         let (index, batches) = download(&server, "64").await;
         assert_eq!(
             (index.latest_seq, index.fp_bits, index.bucket_bits),
-            (1, 20, 4)
+            (1, 20, 6)
         );
         let TokenFile {
             body: tokenfile::TokenBody::List { added, .. },
@@ -349,12 +363,14 @@ async fn withdrawn_and_revoked_uploads_leave_the_filters_as_removals() {
         let second = redeem(&server, "TANB0000002").await;
         let rolled_back = done(upload(&server, &first[0], "10115", &[token(1), token(2)]).await);
         done(upload(&server, &second[0], "10115", &[token(3)]).await);
+        let tracking = rolled_back["trackingId"].as_str().expect("tracking id");
+        assert_eq!(fate(&server, tracking).await, "accepted");
         publish_at(&server, 2).await;
         assert_eq!(matched_level(&server, "10", &token(1)).await, Some(0));
+        assert_eq!(fate(&server, tracking).await, "published");
 
         // An operator rolls the first upload back: its hashes are removed by the next batch,
         // and a hash not yet published is never published.
-        let tracking = rolled_back["trackingId"].as_str().expect("tracking id");
         let withdrawn = done(
             act(
                 &server,
@@ -371,6 +387,7 @@ async fn withdrawn_and_revoked_uploads_leave_the_filters_as_removals() {
             ),
             (Some(1), Some(2))
         );
+        assert_eq!(fate(&server, tracking).await, "withdrawn");
         // A withdrawn encounter proves nothing.
         refused(
             chain(&server, &token(1), "10", &[token(30)]).await,
