@@ -99,6 +99,25 @@ pub fn upload_list(store: &EncounterStore, now: u64) -> Vec<(TokenHash, u32)> {
     tokens
 }
 
+/// What a phone that matched uploads with [`TokenApi::upload_chained`]: [`upload_list`] less
+/// the matched encounters, whose other phones reported them (they are diagnosed or already
+/// notified, and need no warning back). Pass a sync's matches and its unconfirmed
+/// candidates: the latter are the same uploader's encounters but for 2^-fp_bits.
+pub fn chained_upload_list(
+    store: &EncounterStore,
+    now: u64,
+    matched: &[TokenMatch],
+) -> Vec<(TokenHash, u32)> {
+    let skip: std::collections::HashSet<TokenHash> = matched
+        .iter()
+        .filter_map(|m| store.get(m.encounter_id))
+        .map(|e| e.tokens.report.hash())
+        .collect();
+    let mut tokens = upload_list(store, now);
+    tokens.retain(|(hash, _)| !skip.contains(hash));
+    tokens
+}
+
 /// The phone side of the encounter-token API.
 #[derive(Clone, Debug)]
 pub struct TokenApi {

@@ -197,7 +197,7 @@ impl Jitter {
 
 /// Phones A and B stay together from `start` for `seconds`; each hears the other at its own
 /// jittered times (every 5 to 60 seconds) and drains completed encounters every minute.
-fn contact(
+pub(crate) fn contact(
     a: &mut EncounterDetector,
     b: &mut EncounterDetector,
     start: u64,

@@ -8,6 +8,7 @@ mod encounter;
 mod fuzz_corpus;
 mod resilience;
 mod round_trip;
+mod token_flow;
 mod tokens;
 mod withdrawal;
 
