@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::settings::{ServeArgs, StoreArgs};
 
@@ -81,6 +81,20 @@ pub struct SimulateArgs {
     /// Perfect radios and full compliance: detection 1, exact attenuation, every positive uploads
     #[arg(long)]
     pub perfect: bool,
+    /// Tracing protocol: GAEN keys, encounter tokens, or both on the same city and epidemic
+    /// (people then react to the GAEN app), compared side by side
+    #[arg(long, value_enum, default_value_t = SimProtocol::Gaen)]
+    pub protocol: SimProtocol,
+    /// Share of workplaces and school classes where a Bluetooth sniffer records every broadcast
+    #[arg(long, default_value_t = 0.1)]
+    pub sniffed_places: f64,
+    /// Neighbourhoods, each its own encounter-token area (postal-code prefix)
+    #[arg(long, default_value_t = 1)]
+    pub areas: u8,
+    /// Encounter tokens: a phone notified at level 0 uploads its own encounters, so that its
+    /// contacts are notified at level 1
+    #[arg(long)]
+    pub chain: bool,
     /// Write report.json and SVG charts here
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -93,6 +107,14 @@ pub struct SimulateArgs {
     /// With --server: an admin-scope token, to register the simulated test centre and roll back
     #[arg(long, value_name = "TOKEN", env = "CONFIDANT_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+}
+
+/// `confidant simulate --protocol`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SimProtocol {
+    Gaen,
+    Tokens,
+    Both,
 }
 
 #[derive(Args)]
@@ -527,6 +549,23 @@ pub enum BenchCommand {
         /// Check tokens on the phone
         #[arg(long, default_value_t = 3_000)]
         queries: usize,
+    },
+    /// Confidential matching: polls per second with positive users' tuple logs loaded, in
+    /// memory and end to end over HTTP (sealed requests, a real matcher on loopback), against
+    /// the floor of one hash-table lookup per tuple
+    Matcher {
+        /// Positive users whose logs are loaded
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Tuples per uploaded log and per poll
+        #[arg(long, default_value_t = 2_000)]
+        tuples: usize,
+        /// Seconds of HTTP polling
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent polling clients
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
     },
     /// Build, sign and zip an export, then read and verify it
     Export {

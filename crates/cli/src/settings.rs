@@ -93,6 +93,16 @@ pub struct ServeArgs {
     /// notifications off [default: 1]
     #[arg(long, env = "CONFIDANT_TOKEN_MAX_LEVEL")]
     pub token_max_level: Option<u8>,
+    /// The confidential matcher to forward `/matcher/…` to (e.g. http://10.0.0.5:8090)
+    #[arg(long, env = "CONFIDANT_MATCHER_URL", value_name = "URL")]
+    pub matcher_url: Option<String>,
+    /// The secret the matcher takes for uploads (its --upload-secret-file)
+    #[arg(
+        long,
+        env = "CONFIDANT_MATCHER_UPLOAD_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    pub matcher_upload_secret_file: Option<PathBuf>,
     /// Development mode: adds `POST /dev/clock` to move the server's clock. Never in production
     #[arg(long)]
     pub dev: bool,
@@ -134,6 +144,8 @@ struct FileSettings {
     /// Encounter tokens (`[tokens]`).
     #[serde(default)]
     tokens: TokensFile,
+    matcher_url: Option<String>,
+    matcher_upload_secret_file: Option<PathBuf>,
 }
 
 /// `[tokens]`: the encounter-token API and its publication.
@@ -265,6 +277,7 @@ pub struct ServeSettings {
     pub max_wrong_codes_per_hour: u32,
     pub json_logs: bool,
     pub tokens: confidant_server::TokenSettings,
+    pub matcher: Option<confidant_server::MatcherLink>,
 }
 
 fn resolve_store(args: &StoreArgs, file: &FileSettings) -> Result<StoreSettings> {
@@ -444,6 +457,34 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
     };
     mode.validate()
         .map_err(|e| anyhow::anyhow!("[tokens]: {e}"))?;
+    let matcher = match (
+        args.matcher_url.clone().or(file.matcher_url.clone()),
+        args.matcher_upload_secret_file
+            .clone()
+            .or(file.matcher_upload_secret_file.clone()),
+    ) {
+        (None, None) => None,
+        (Some(url), Some(secret_file)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--matcher-url must be an http:// or https:// URL, got {url:?}");
+            }
+            let secret = fs::read_to_string(&secret_file)
+                .with_context(|| format!("cannot read {}", secret_file.display()))?
+                .trim()
+                .to_owned();
+            if secret.len() < 16 {
+                bail!(
+                    "{}: the matcher's upload secret is at least 16 characters",
+                    secret_file.display()
+                );
+            }
+            Some(confidant_server::MatcherLink {
+                url: url.trim_end_matches('/').to_owned(),
+                upload_secret: secret,
+            })
+        }
+        _ => bail!("--matcher-url and --matcher-upload-secret-file go together"),
+    };
     Ok(ServeSettings {
         publish_to,
         publish: PublishSettings {
@@ -462,6 +503,7 @@ pub fn serve_settings(args: &ServeArgs) -> Result<ServeSettings> {
             },
         },
         tokens,
+        matcher,
         retrieval_secret: load_or_create_secret(&retrieval_path)?,
         publish_every: args
             .publish_every

@@ -62,6 +62,10 @@ pub enum ClientError {
     #[error("could not seal the upload: {0}")]
     Crypto(String),
 
+    /// The confidential matcher's evidence failed the phone's policy: nothing was sent to it.
+    #[error("the matcher's attestation was refused: {0}")]
+    Attestation(confidant_attest::AttestError),
+
     #[error("I/O error on {path}: {source}", path = path.display())]
     Io {
         path: PathBuf,

@@ -11,12 +11,15 @@
 //!   broadcast slices, encounters between key pairs, report/check tokens, the encounter store.
 //! - [`tokens`]: the encounter-token API (TAN, nonces, uploads, chained uploads, research) and
 //!   the download of an area's signed token files, matched against the phone's check tokens.
+//! - [`confidential`]: confidential matching: rotating ids, the contact log, and the
+//!   exchange with the matcher after its attestation passed the phone's policy.
 //!
 //! The crate does I/O only over HTTP and on its own state files. Time always comes in as a
 //! `now` argument (unix seconds), so simulations and tests drive it with any clock. The
 //! formats and the crypto are not here: they live in `gaen` and `confidant-core`, which the
 //! server uses too, so both sides agree byte for byte.
 
+pub mod confidential;
 pub mod download;
 pub mod encounter;
 mod error;

@@ -246,6 +246,11 @@ impl KeyedHasher {
         self.hash(b"token", token.as_bytes())
     }
 
+    /// Of a confidential-matching test id (`confidential::test_id`).
+    pub fn test(&self, test_id: &[u8; 32]) -> Digest {
+        self.hash(b"test", test_id)
+    }
+
     /// Of an encounter-token upload nonce.
     pub fn nonce(&self, nonce: &[u8; 32]) -> Digest {
         self.hash(b"nonce", nonce)

@@ -168,6 +168,18 @@ pub enum Event {
     ResearchRecorded {
         cells: Vec<ResearchCell>,
     },
+    /// A provider's test result for confidential matching, under the keyed hash of the test id
+    /// the phone chose (SHA-256 of its secret). A later post for the same test replaces it.
+    TestResultPosted {
+        test: Digest,
+        provider: ProviderId,
+        positive: bool,
+        expires_at: UnixSeconds,
+    },
+    /// A positive result's one upload to the confidential matcher was forwarded.
+    TestResultUsed {
+        test: Digest,
+    },
     /// Who did what, when and why: the audit trail. Recorded with every operator action,
     /// and never purged (it holds no personal data).
     AdminAction {
@@ -266,6 +278,8 @@ impl Event {
             Self::TokensSubmitted { .. } => "tokens_submitted",
             Self::TokensResearched { .. } => "tokens_researched",
             Self::ResearchRecorded { .. } => "research_recorded",
+            Self::TestResultPosted { .. } => "test_result_posted",
+            Self::TestResultUsed { .. } => "test_result_used",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! argument (`UnixSeconds`), so every rule is testable with any clock.
 
 pub mod codes;
+pub mod confidential;
 pub mod corrections;
 pub mod covidshield_wire;
 pub mod encounter;

@@ -8,7 +8,9 @@ use crate::codes::{CodeFormat, CodePolicy};
 use crate::encounter::{Level, ResearchCell, TokenHash, UploadedToken};
 use crate::event::{Event, NonceClaim};
 use crate::ids::{ClaimId, Digest, KeyData, ProviderId, TrackingId};
-use crate::state::{Claim, Code, Credential, Provider, StoredKey, TokenRecord, TokenSubmission};
+use crate::state::{
+    Claim, Code, Credential, Provider, StoredKey, TestResult, TokenRecord, TokenSubmission,
+};
 use crate::{UnixSeconds, hour_of};
 
 /// New keys one claim may upload over its life: 15 on the first day plus 2 × 14 follow-ups.
@@ -107,6 +109,10 @@ pub enum DomainError {
     LevelTooHigh { level: u32, max: Level },
     #[error("the TAN list is empty")]
     NoTans,
+    #[error(
+        "no positive test result is waiting for this secret's upload (unknown, negative, expired or already used)"
+    )]
+    NoPositiveResult,
 }
 
 impl DomainError {
@@ -144,6 +150,7 @@ impl DomainError {
             Self::ProofUsed => "proof_used",
             Self::LevelTooHigh { .. } => "level_too_high",
             Self::NoTans => "no_tans",
+            Self::NoPositiveResult => "no_positive_result",
         }
     }
 }
@@ -643,6 +650,51 @@ pub fn contribute_research(
         Event::TokensResearched { hashes, hour },
         Event::ResearchRecorded { cells },
     ])
+}
+
+/// How long a posted test result can be polled and used.
+pub const TEST_RESULT_LIFETIME_SECONDS: u64 = 14 * 86_400;
+
+/// A provider posts (or corrects) a test result. A result already used for an upload stays
+/// as it is: the upload has happened.
+pub fn post_result(
+    test: Digest,
+    provider_id: ProviderId,
+    provider: &Provider,
+    existing: Option<&TestResult>,
+    positive: bool,
+    now: UnixSeconds,
+) -> Result<Event, DomainError> {
+    if !provider.active() {
+        return Err(DomainError::ProviderSuspended);
+    }
+    // Only the provider that posted a result may correct it, and only before it was used.
+    if existing.is_some_and(|r| r.used || r.provider != provider_id) {
+        return Err(DomainError::AlreadyExists);
+    }
+    Ok(Event::TestResultPosted {
+        test,
+        provider: provider_id,
+        positive,
+        // Rounded up to the hour, like claims: the log keeps no finer time.
+        expires_at: (now + TEST_RESULT_LIFETIME_SECONDS).div_ceil(3600) * 3600,
+    })
+}
+
+/// The one upload a positive result allows, while its provider is active.
+pub fn use_result(
+    test: Digest,
+    result: Option<&TestResult>,
+    provider: Option<&Provider>,
+    now: UnixSeconds,
+) -> Result<Event, DomainError> {
+    result
+        .filter(|r| r.positive && !r.used && now < r.expires_at)
+        .ok_or(DomainError::NoPositiveResult)?;
+    if provider.is_none_or(|p| !p.active()) {
+        return Err(DomainError::ProviderSuspended);
+    }
+    Ok(Event::TestResultUsed { test })
 }
 
 #[cfg(test)]

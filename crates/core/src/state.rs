@@ -140,6 +140,16 @@ pub struct TokenRecord {
     pub researched: bool,
 }
 
+/// A test result for confidential matching.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestResult {
+    pub provider: ProviderId,
+    pub positive: bool,
+    pub expires_at: UnixSeconds,
+    /// The positive user's contact log went to the matcher (once per result).
+    pub used: bool,
+}
+
 /// An operator's admin API token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminToken {
@@ -165,6 +175,8 @@ pub struct State {
     /// Opt-in research data: counts per cell, kept apart from tracing data and never purged
     /// (a cell identifies no one; exports show only cells above a k-anonymity threshold).
     pub research: BTreeMap<ResearchCell, u64>,
+    /// Test results by the keyed hash of their test id.
+    pub test_results: BTreeMap<Digest, TestResult>,
     /// Serial number of the last withdrawal: publication streams record how far they have
     /// revoked withdrawn keys.
     pub withdrawals: u64,
@@ -319,6 +331,7 @@ impl State {
             } => {
                 // The stores run the same deletions as set-based SQL; keep the two in step.
                 self.codes.retain(|_, c| c.expires_at > *now);
+                self.test_results.retain(|_, r| r.expires_at > *now);
                 self.claims
                     .retain(|_, c| c.expires_at > *now && c.budget_remaining > 0);
                 self.submissions.retain(|_, s| s.hour >= *keys_before_hour);
@@ -500,6 +513,27 @@ impl State {
                     *self.research.entry(*cell).or_default() += 1;
                 }
             }
+            Event::TestResultPosted {
+                test,
+                provider,
+                positive,
+                expires_at,
+            } => {
+                self.test_results.insert(
+                    *test,
+                    TestResult {
+                        provider: *provider,
+                        positive: *positive,
+                        expires_at: *expires_at,
+                        used: false,
+                    },
+                );
+            }
+            Event::TestResultUsed { test } => {
+                if let Some(result) = self.test_results.get_mut(test) {
+                    result.used = true;
+                }
+            }
             // The audit trail is the log itself.
             Event::AdminAction { withdrawal, .. } => {
                 if let Some(serial) = withdrawal {
@@ -523,6 +557,7 @@ impl State {
         digest.table("token_submissions", &self.token_submissions);
         digest.table("tokens", &self.tokens);
         digest.table("research", &self.research);
+        digest.table("test_results", &self.test_results);
         digest.finish(self.withdrawals)
     }
 

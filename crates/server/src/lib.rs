@@ -12,6 +12,7 @@ mod admin;
 pub mod bodies;
 mod chaff;
 pub mod clock;
+mod confidential;
 mod covidshield;
 mod dev;
 pub mod files;
@@ -37,6 +38,7 @@ use tokio::net::TcpListener;
 
 pub use admin::new_admin_token;
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
+pub use confidential::MatcherLink;
 pub use files::{FileStore, ServeCache};
 pub use lockout::DEFAULT_MAX_WRONG_CODES_PER_HOUR;
 use lockout::Lockout;
@@ -59,6 +61,7 @@ pub(crate) struct AppState {
     pub day_cache: Arc<retrieve::DayCache>,
     pub chaff_timings: Arc<chaff::Timings>,
     pub tokens: tokens::TokenSettings,
+    pub matcher: Option<Arc<confidential::Forwarder>>,
 }
 
 impl AppState {
@@ -103,6 +106,8 @@ pub struct ServerSettings {
     pub max_wrong_codes_per_hour: u32,
     /// The encounter-token API's rules (area granularity, chain length).
     pub tokens: TokenSettings,
+    /// The confidential matcher behind `/matcher/…`, if any.
+    pub matcher: Option<MatcherLink>,
 }
 
 impl ServerSettings {
@@ -121,6 +126,7 @@ impl ServerSettings {
             serve_cache_bytes: 64 << 20,
             max_wrong_codes_per_hour: lockout::DEFAULT_MAX_WRONG_CODES_PER_HOUR,
             tokens: TokenSettings::default(),
+            matcher: None,
         }
     }
 }
@@ -161,12 +167,16 @@ impl App {
             day_cache: Arc::default(),
             chaff_timings: Arc::default(),
             tokens: settings.tokens,
+            matcher: settings
+                .matcher
+                .map(|link| Arc::new(confidential::Forwarder::new(link))),
         };
         // Requests that touch the store get a deadline; static files answer from memory and
         // skip the timer.
         let api = Router::new()
             .merge(v1::routes())
             .merge(tokens::routes())
+            .merge(confidential::routes())
             .merge(admin::routes())
             .merge(covidshield::routes())
             .merge(retrieve::routes())

@@ -100,6 +100,7 @@ impl From<DomainError> for Problem {
             ProofUsed => (StatusCode::CONFLICT, "proof_used"),
             LevelTooHigh { .. } => (StatusCode::FORBIDDEN, "level_too_high"),
             NoTans => (StatusCode::BAD_REQUEST, "no_tans"),
+            NoPositiveResult => (StatusCode::FORBIDDEN, "no_positive_result"),
         };
         let problem = Self::new(status, code, error.to_string());
         match error {

@@ -22,7 +22,7 @@ use confidant_core::encounter::{Level, ResearchCell, TokenHash, UploadedToken};
 use confidant_core::event::NonceClaim;
 use confidant_core::logfile::LogRecord;
 use confidant_core::rules::TokenOutcome;
-use confidant_core::state::{KeyRecord, StoredKey, TokenRecord, TokenSubmission};
+use confidant_core::state::{KeyRecord, StoredKey, TestResult, TokenRecord, TokenSubmission};
 use confidant_core::{
     AdminToken, AdminTokenId, Claim, ClaimId, CodeFormat, CodePolicy, Credential, Cursor, Digest,
     DomainError, Event, EventDecodeError, FileRecord, Key32, Provider, ProviderId, Region, State,
@@ -35,7 +35,7 @@ pub use db::Dialect;
 use db::{Conn, Pool};
 use projection::{
     ADMIN_TOKEN_COLUMNS, CLAIM_COLUMNS, CURSOR_COLUMNS, FILE_COLUMNS, KEY_COLUMNS,
-    PROVIDER_COLUMNS, RESEARCH_COLUMNS, SUBMISSION_COLUMNS, TOKEN_COLUMNS,
+    PROVIDER_COLUMNS, RESEARCH_COLUMNS, SUBMISSION_COLUMNS, TEST_RESULT_COLUMNS, TOKEN_COLUMNS,
     TOKEN_SUBMISSION_COLUMNS,
 };
 pub use writer::{ClaimLookup, RetentionReport, Written};
@@ -631,6 +631,47 @@ impl Store {
                 .map_err(|e| StoreError::Unavailable(format!("bad area in store: {e}")))
         })
         .collect()
+    }
+
+    /// A provider (by its API token's keyed hash) posts the result of the test `test` (the
+    /// keyed hash of the phone's test id); returns until when it can be polled.
+    pub async fn post_result(
+        &self,
+        token_hash: Digest,
+        test: Digest,
+        positive: bool,
+        now: UnixSeconds,
+    ) -> Result<UnixSeconds, StoreError> {
+        match self
+            .write(Write::PostResult {
+                token_hash,
+                test,
+                positive,
+                now,
+            })
+            .await?
+        {
+            Written::ResultPosted { expires_at } => Ok(expires_at),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// Spends a positive result's one upload to the confidential matcher.
+    pub async fn use_result(&self, test: Digest, now: UnixSeconds) -> Result<(), StoreError> {
+        match self.write(Write::UseResult { test, now }).await? {
+            Written::ResultUsed => Ok(()),
+            other => unreachable!("unexpected {other:?}"),
+        }
+    }
+
+    /// A test result by the keyed hash of its test id.
+    pub async fn test_result(&self, test: Digest) -> Result<Option<TestResult>, StoreError> {
+        let mut conn = self.read().await?;
+        let sql = format!("SELECT {TEST_RESULT_COLUMNS} FROM test_results WHERE test = $1");
+        Ok(match conn.fetch_optional(&sql, &[test.0.into()]).await? {
+            Some(row) => Some(projection::test_result_from_row(&row)?.1),
+            None => None,
+        })
     }
 
     /// The research counts, by cell.

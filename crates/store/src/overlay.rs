@@ -16,7 +16,7 @@ use confidant_core::{
 use crate::db::{Conn, Dialect, Value};
 use crate::projection::{
     self, ADMIN_TOKEN_COLUMNS, CLAIM_COLUMNS, CODE_COLUMNS, CURSOR_COLUMNS, KEY_COLUMNS,
-    PROVIDER_COLUMNS, RESEARCH_COLUMNS, SUBMISSION_COLUMNS, TOKEN_COLUMNS,
+    PROVIDER_COLUMNS, RESEARCH_COLUMNS, SUBMISSION_COLUMNS, TEST_RESULT_COLUMNS, TOKEN_COLUMNS,
     TOKEN_SUBMISSION_COLUMNS,
 };
 
@@ -38,6 +38,7 @@ pub struct Overlay {
     dirty_token_submissions: BTreeSet<TrackingId>,
     dirty_tokens: BTreeSet<TokenHash>,
     dirty_research: BTreeSet<ResearchCell>,
+    dirty_test_results: BTreeSet<Digest>,
     dirty_withdrawals: bool,
     /// Lookups by secondary keys, kept in step with `state`.
     pub provider_by_token: BTreeMap<Digest, ProviderId>,
@@ -113,6 +114,8 @@ pub struct Wanted {
     pub submission_tokens: BTreeSet<TrackingId>,
     /// The research counts of these cells.
     pub research: BTreeSet<ResearchCell>,
+    /// Test results by the keyed hash of their test id (with their providers).
+    pub test_results: BTreeSet<Digest>,
 }
 
 impl Wanted {
@@ -141,6 +144,7 @@ impl Wanted {
             tokens,
             submission_tokens,
             research,
+            test_results,
         } = self;
         provider_tokens.is_empty()
             && claim_tokens.is_empty()
@@ -160,6 +164,7 @@ impl Wanted {
             && tokens.is_empty()
             && submission_tokens.is_empty()
             && research.is_empty()
+            && test_results.is_empty()
     }
 
     /// The rows replaying `event` reads.
@@ -203,6 +208,11 @@ impl Wanted {
             }
             Event::ResearchRecorded { cells } => {
                 self.research.extend(cells.iter().copied());
+            }
+            // A posted result replaces the row whole.
+            Event::TestResultPosted { .. } => {}
+            Event::TestResultUsed { test } => {
+                self.test_results.insert(*test);
             }
             Event::KeysWithdrawn { keys, .. } => {
                 self.keys.extend(keys.iter().copied());
@@ -515,6 +525,15 @@ impl Overlay {
                 }
             }
         }
+        if !wanted.test_results.is_empty() {
+            let select = format!("SELECT {TEST_RESULT_COLUMNS} FROM test_results");
+            let tests = bytes(wanted.test_results.iter().map(|d| d.0));
+            for row in select_in(conn, &select, "test", tests).await? {
+                let (test, result) = projection::test_result_from_row(&row)?;
+                wanted.providers.insert(result.provider);
+                overlay.state.test_results.insert(test, result);
+            }
+        }
         if wanted.withdrawals {
             overlay.state.withdrawals = projection::withdrawals(conn).await?;
         }
@@ -726,6 +745,9 @@ impl Overlay {
             }
             Event::ResearchRecorded { cells } => {
                 self.dirty_research.extend(cells.iter().copied());
+            }
+            Event::TestResultPosted { test, .. } | Event::TestResultUsed { test } => {
+                self.dirty_test_results.insert(*test);
             }
             Event::KeysWithdrawn { keys, .. } => {
                 self.dirty_keys.extend(keys.iter().copied());
@@ -1047,6 +1069,23 @@ impl Overlay {
                         u32::from(cell.attenuation).into(),
                         u32::from(cell.level).into(),
                         (*count).into(),
+                    ]
+                })
+            }),
+        );
+        upsert(
+            &mut out,
+            "test_results",
+            Conflict::Update("test"),
+            &["test", "provider", "positive", "expires_at", "used"],
+            self.dirty_test_results.iter().filter_map(|test| {
+                s.test_results.get(test).map(|r| {
+                    vec![
+                        test.0.into(),
+                        r.provider.0.into(),
+                        r.positive.into(),
+                        r.expires_at.into(),
+                        r.used.into(),
                     ]
                 })
             }),

@@ -8,7 +8,7 @@
 
 use confidant_core::encounter::{ResearchCell, TokenHash};
 use confidant_core::state::StateDigest;
-use confidant_core::state::{KeyRecord, TokenRecord, TokenSubmission};
+use confidant_core::state::{KeyRecord, TestResult, TokenRecord, TokenSubmission};
 use confidant_core::{
     AdminToken, AdminTokenId, Claim, ClaimId, Code, CodeFormat, Credential, Cursor, Digest, Event,
     FileRecord, Key32, KeyData, Provider, ProviderId, Region, Scope, State, StoredKey, Stream,
@@ -148,6 +148,20 @@ pub fn token_from_row(row: &Row) -> Result<(TokenHash, TokenRecord), sqlx::Error
 }
 pub const TOKEN_COLUMNS: &str =
     "hash, submission, area, day, level, hour, withdrawn, proved, researched";
+
+/// Decodes `test, TEST_RESULT_COLUMNS`.
+pub fn test_result_from_row(row: &Row) -> Result<(Digest, TestResult), sqlx::Error> {
+    Ok((
+        Digest(row.array(0)?),
+        TestResult {
+            provider: ProviderId(row.array(1)?),
+            positive: row.int(2)? != 0,
+            expires_at: row.int(3)? as u64,
+            used: row.int(4)? != 0,
+        },
+    ))
+}
+pub const TEST_RESULT_COLUMNS: &str = "test, provider, positive, expires_at, used";
 
 /// Decodes `RESEARCH_COLUMNS`.
 pub fn research_from_row(row: &Row) -> Result<(ResearchCell, u64), sqlx::Error> {
@@ -332,6 +346,16 @@ pub async fn load_state(conn: &mut Conn) -> Result<State, sqlx::Error> {
         let (hash, record) = token_from_row(&row)?;
         state.tokens.insert(hash, record);
     }
+    for row in conn
+        .fetch_all(
+            &format!("SELECT {TEST_RESULT_COLUMNS} FROM test_results"),
+            &[],
+        )
+        .await?
+    {
+        let (test, result) = test_result_from_row(&row)?;
+        state.test_results.insert(test, result);
+    }
     Ok(state)
 }
 
@@ -466,6 +490,18 @@ pub async fn state_digest(conn: &mut Conn) -> Result<Digest, sqlx::Error> {
     )
     .await?;
     digest.table("research", &small.research);
+    digest_table(
+        conn,
+        &mut digest,
+        "test_results",
+        &format!("SELECT {TEST_RESULT_COLUMNS} FROM test_results"),
+        "test",
+        |row| {
+            let (test, result) = test_result_from_row(row)?;
+            Ok((test.0.to_vec(), test, result))
+        },
+    )
+    .await?;
     Ok(digest.finish(small.withdrawals))
 }
 
@@ -483,6 +519,11 @@ pub async fn apply_retention(conn: &mut Conn, event: &Event) -> Result<(), sqlx:
     let hour = Value::from(*keys_before_hour);
     conn.execute(
         "DELETE FROM codes WHERE expires_at <= $1",
+        std::slice::from_ref(&now),
+    )
+    .await?;
+    conn.execute(
+        "DELETE FROM test_results WHERE expires_at <= $1",
         std::slice::from_ref(&now),
     )
     .await?;

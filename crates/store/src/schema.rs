@@ -176,6 +176,16 @@ CREATE TABLE research (
     PRIMARY KEY (day, duration, attenuation, level)
 );
 ",
+    // Confidential matching: test results, by the keyed hash of the phone's test id.
+    r"
+CREATE TABLE test_results (
+    test BLOB PRIMARY KEY,
+    provider BLOB NOT NULL,
+    positive INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL
+);
+",
 ];
 
 /// A submission's keys are found through `keys_by_region_hour` (its region and hour are on its
@@ -330,10 +340,21 @@ CREATE TABLE research (
     PRIMARY KEY (day, duration, attenuation, level)
 );
 ",
+    // Confidential matching: test results, by the keyed hash of the phone's test id.
+    r"
+CREATE TABLE test_results (
+    test BYTEA PRIMARY KEY,
+    provider BYTEA NOT NULL,
+    positive BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used BIGINT NOT NULL
+);
+",
 ];
 
 /// Tables rebuilt from the log, children first so deletion order is safe.
-pub const PROJECTION_TABLES: [&str; 12] = [
+pub const PROJECTION_TABLES: [&str; 13] = [
+    "test_results",
     "tokens",
     "token_submissions",
     "research",

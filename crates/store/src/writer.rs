@@ -98,6 +98,15 @@ pub(crate) enum Write {
     Research {
         contributions: Vec<(TokenHash, u8, u8)>,
     },
+    /// A provider (by its token's keyed hash) posts a test result.
+    PostResult {
+        token_hash: Digest,
+        test: Digest,
+        positive: bool,
+        now: UnixSeconds,
+    },
+    /// A positive result's one upload to the confidential matcher.
+    UseResult { test: Digest, now: UnixSeconds },
     /// Replays the log into fresh projections, counting progress as it goes.
     Rebuild(Arc<RebuildCounters>),
     /// An operator's correction, audited.
@@ -148,6 +157,10 @@ pub enum Written {
     TokensSubmitted(TokenOutcome),
     /// Research records stored.
     Researched(u32),
+    ResultPosted {
+        expires_at: UnixSeconds,
+    },
+    ResultUsed,
     Rebuilt {
         events: u64,
     },
@@ -328,6 +341,15 @@ impl Write {
                 wanted
                     .tokens
                     .extend(contributions.iter().map(|(hash, _, _)| *hash));
+            }
+            Write::PostResult {
+                token_hash, test, ..
+            } => {
+                wanted.provider_tokens.insert(*token_hash);
+                wanted.test_results.insert(*test);
+            }
+            Write::UseResult { test, .. } => {
+                wanted.test_results.insert(*test);
             }
             Write::Publish(Event::BatchPublished { region, stream, .. }) => {
                 wanted.cursors.insert((region.clone(), *stream));
@@ -676,6 +698,39 @@ fn decide(overlay: &Overlay, write: &Write) -> Result<(Written, Vec<Event>), Sto
                 .collect();
             let events = rules::contribute_research(&proofs, shuffle)?;
             Ok((Written::Researched(proofs.len() as u32), events))
+        }
+        Write::PostResult {
+            token_hash,
+            test,
+            positive,
+            now,
+        } => {
+            let id = *overlay
+                .provider_by_token
+                .get(token_hash)
+                .ok_or(DomainError::UnknownProvider)?;
+            let provider = state
+                .providers
+                .get(&id)
+                .ok_or(DomainError::UnknownProvider)?;
+            let event = rules::post_result(
+                *test,
+                id,
+                provider,
+                state.test_results.get(test),
+                *positive,
+                *now,
+            )?;
+            let Event::TestResultPosted { expires_at, .. } = event else {
+                unreachable!("post_result returns TestResultPosted");
+            };
+            Ok((Written::ResultPosted { expires_at }, vec![event]))
+        }
+        Write::UseResult { test, now } => {
+            let result = state.test_results.get(test);
+            let provider = result.and_then(|r| state.providers.get(&r.provider));
+            let event = rules::use_result(*test, result, provider, *now)?;
+            Ok((Written::ResultUsed, vec![event]))
         }
         Write::Publish(event) => {
             let Event::BatchPublished {

@@ -38,6 +38,12 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         } => matching(keys, observations, exports_dir.as_deref()),
         BenchCommand::Export { keys } => export(keys),
         BenchCommand::Gcs { elements, queries } => super::bench_gcs::run(elements, queries),
+        BenchCommand::Matcher {
+            users,
+            tuples,
+            seconds,
+            clients,
+        } => super::bench_matcher::run(users, tuples, seconds, clients),
         BenchCommand::Publish { keys } => {
             super::runtime()?.block_on(super::bench_publish::run(keys))
         }

@@ -5,6 +5,7 @@ mod bench;
 mod bench_crash;
 mod bench_gcs;
 mod bench_load;
+mod bench_matcher;
 mod bench_publish;
 mod bench_rebuild;
 mod bench_submit;

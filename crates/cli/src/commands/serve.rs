@@ -71,6 +71,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 serve_cache_bytes: 256 << 20,
                 max_wrong_codes_per_hour: settings.max_wrong_codes_per_hour,
                 tokens: settings.tokens,
+                matcher: settings.matcher.clone(),
             },
             clock,
         )

@@ -1,12 +1,13 @@
-//! `confidant simulate`: a seeded city of phones against an embedded or a running server.
+//! `confidant simulate`: a seeded city of phones against an embedded or a running server,
+//! running GAEN, encounter tokens, or both side by side.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use confidant_sim::{SimSettings, Target};
+use confidant_sim::{Protocol, SimSettings, Target};
 
 use super::{load_public_key, runtime};
-use crate::cli::SimulateArgs;
+use crate::cli::{SimProtocol, SimulateArgs};
 
 pub fn run(args: SimulateArgs) -> Result<ExitCode> {
     let mut settings = SimSettings::new(args.population, args.days, args.seed);
@@ -14,6 +15,14 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode> {
     settings.detection = args.detection;
     settings.upload_share = args.upload_share;
     settings.withdraw_share = args.withdraw_share;
+    settings.protocol = match args.protocol {
+        SimProtocol::Gaen => Protocol::Gaen,
+        SimProtocol::Tokens => Protocol::Tokens,
+        SimProtocol::Both => Protocol::Both,
+    };
+    settings.sniffed_places = args.sniffed_places;
+    settings.areas = args.areas;
+    settings.chain = args.chain;
     if args.perfect {
         settings = settings.perfect();
     }

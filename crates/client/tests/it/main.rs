@@ -4,6 +4,7 @@
 //! of phones run the encounter-token protocol offline (`encounter`); and phones match
 //! published token files served from memory and talk to the token API (`tokens`).
 
+mod confidential;
 mod encounter;
 mod fuzz_corpus;
 mod resilience;
@@ -62,6 +63,16 @@ impl TestServer {
     /// uploaded) and no in-memory cache of served files (so a file changed on disk is served
     /// as it now is).
     pub async fn start(db: &TestDatabase, clock: ManualClock, published: &Path) -> Self {
+        Self::start_with(db, clock, published, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with settings adjusted by `configure`.
+    pub async fn start_with(
+        db: &TestDatabase,
+        clock: ManualClock,
+        published: &Path,
+        configure: impl FnOnce(&mut ServerSettings),
+    ) -> Self {
         let store = Store::open(db.url(), StoreOptions::default())
             .await
             .expect("store");
@@ -86,6 +97,7 @@ impl TestServer {
         settings.trust_forwarded_for = true;
         settings.publish.default_policy.small_batch = SmallBatch::Off;
         settings.serve_cache_bytes = 0;
+        configure(&mut settings);
         let app = App::build(listener, store.clone(), settings, Arc::new(clock.clone()))
             .await
             .expect("app");
