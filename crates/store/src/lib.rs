@@ -1249,6 +1249,14 @@ impl Store {
                     diff("cursors", &live.cursors, &replayed.cursors),
                     diff("files", &live.files, &replayed.files),
                     diff("admin_tokens", &live.admin_tokens, &replayed.admin_tokens),
+                    diff(
+                        "token_submissions",
+                        &live.token_submissions,
+                        &replayed.token_submissions,
+                    ),
+                    diff("tokens", &live.tokens, &replayed.tokens),
+                    diff("research", &live.research, &replayed.research),
+                    diff("test_results", &live.test_results, &replayed.test_results),
                     (
                         "counters",
                         1,

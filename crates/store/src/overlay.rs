@@ -114,6 +114,9 @@ pub struct Wanted {
     pub submission_tokens: BTreeSet<TrackingId>,
     /// The research counts of these cells.
     pub research: BTreeSet<ResearchCell>,
+    /// The research cells these contributions (H(preimage), duration, attenuation) would add
+    /// to, found through their tokens (loaded first).
+    pub research_of: Vec<(TokenHash, u8, u8)>,
     /// Test results by the keyed hash of their test id (with their providers).
     pub test_results: BTreeSet<Digest>,
 }
@@ -144,6 +147,7 @@ impl Wanted {
             tokens,
             submission_tokens,
             research,
+            research_of,
             test_results,
         } = self;
         provider_tokens.is_empty()
@@ -164,6 +168,7 @@ impl Wanted {
             && tokens.is_empty()
             && submission_tokens.is_empty()
             && research.is_empty()
+            && research_of.is_empty()
             && test_results.is_empty()
     }
 
@@ -504,6 +509,16 @@ impl Overlay {
             for row in select_in(conn, &select_tokens, "submission", token_ids).await? {
                 let (hash, record) = projection::token_from_row(&row)?;
                 overlay.state.tokens.insert(hash, record);
+            }
+        }
+        for (hash, duration, attenuation) in &wanted.research_of {
+            if let Some(token) = overlay.state.tokens.get(hash) {
+                wanted.research.insert(ResearchCell {
+                    day: token.day,
+                    duration: *duration,
+                    attenuation: *attenuation,
+                    level: token.level,
+                });
             }
         }
         if !wanted.research.is_empty() {

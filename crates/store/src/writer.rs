@@ -341,6 +341,8 @@ impl Write {
                 wanted
                     .tokens
                     .extend(contributions.iter().map(|(hash, _, _)| *hash));
+                // Their cells, once the tokens' days and levels are known.
+                wanted.research_of.extend(contributions.iter().copied());
             }
             Write::PostResult {
                 token_hash, test, ..
@@ -1005,8 +1007,16 @@ async fn replay_log(
             });
             phases[1] += clock.elapsed();
             let count = segment.len() as u64;
+            let retention_at_end = retention.is_some();
             let applying = tokio::task::spawn_blocking(move || {
-                for event in &segment {
+                // A closing retention event is left to its SQL twin, after the write-back:
+                // applied here it would drop rows (a claim just spent) before their change is
+                // written, and the SQL would then keep the stale row.
+                let events = match retention_at_end {
+                    true => &segment[..segment.len() - 1],
+                    false => &segment[..],
+                };
+                for event in events {
                     overlay.apply(event);
                 }
                 let statements = overlay.write_statements();

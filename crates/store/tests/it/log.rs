@@ -9,8 +9,9 @@ use confidant_store::{ClaimLookup, Dialect, Store, StoreError};
 
 use crate::{T0, claim, key, open, region, tracking};
 
-/// A log with providers, codes, claims, submissions, a withdrawal, a published batch and a
-/// retention run.
+/// A log with providers, codes, claims, submissions, a withdrawal, a published batch,
+/// encounter-token activity (TANs, nonces, uploads, token batches, a chain, research, a
+/// withdrawal) and a retention run.
 async fn populate(store: &Store) {
     for n in 1..=3u8 {
         let upload = claim(store, n).await;
@@ -33,6 +34,7 @@ async fn populate(store: &Store) {
         )
         .await
         .expect("withdraw");
+    crate::tokens::activity(store, 7).await;
     let hour = T0 / 3600 * 3600;
     store
         .publish(Event::BatchPublished {
@@ -94,6 +96,33 @@ async fn export(store: &Store) -> Vec<u8> {
     bytes
 }
 
+/// What the token reads of `store` return.
+async fn token_view(store: &Store) -> String {
+    let mut view = Vec::new();
+    for area in store.token_areas().await.expect("areas") {
+        view.push(format!(
+            "{area}: {:?} {:?} {:?}",
+            store
+                .tokens_submitted(&area, 0, T0 / 3600 + 1000)
+                .await
+                .expect("tokens"),
+            store
+                .tokens_withdrawn(&area, 0, 1000)
+                .await
+                .expect("tokens"),
+            store.cursor(&area, Stream::Tokens).await.expect("cursor"),
+        ));
+    }
+    for id in [8, 9, 11] {
+        view.push(format!(
+            "{:?}",
+            store.token_submission(tracking(id)).await.expect("read")
+        ));
+    }
+    view.push(format!("{:?}", store.research().await.expect("research")));
+    view.join("\n")
+}
+
 /// Imports `bytes` as `confidant log import` does: decode while appending, commit only after
 /// the trailer checked out.
 async fn import(store: &Store, bytes: &[u8]) -> Result<u64, LogFileError> {
@@ -136,6 +165,29 @@ async fn round_trip(from: Dialect, to: Dialect) {
         .into_iter()
         .map(|(_, r)| r)
         .collect();
+    // The token events are in it.
+    for kind in [
+        "tans_imported",
+        "tan_redeemed",
+        "tokens_submitted",
+        "tokens_researched",
+        "research_recorded",
+        "submissions_withdrawn",
+    ] {
+        assert!(
+            source_records.iter().any(|r| r.event.kind() == kind),
+            "no {kind} event"
+        );
+    }
+    assert!(source_records.iter().any(|r| matches!(
+        r.event,
+        Event::BatchPublished {
+            stream: Stream::Tokens,
+            ..
+        }
+    )));
+    let tokens = token_view(&source).await;
+    assert!(tokens.contains("level: 1"), "{tokens}");
 
     let target_db = TestDatabase::create(to).await;
     let target = open(&target_db).await;
@@ -157,6 +209,7 @@ async fn round_trip(from: Dialect, to: Dialect) {
     let report = target.check().await.expect("check");
     assert!(report.consistent(), "{report:?}");
     assert_eq!(report.replayed_digest, live);
+    assert_eq!(token_view(&target).await, tokens);
     // A store that holds anything refuses an import.
     assert!(matches!(
         target.begin_import().await,
