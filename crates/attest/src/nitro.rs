@@ -55,8 +55,8 @@ pub(crate) fn verify(document: &[u8], policy: &Policy) -> Result<Checked, Attest
     let doc = parse_payload(&payload)?;
     let at = doc.timestamp_ms / 1000;
 
-    // The document's signature first: it covers every byte of the payload, certificates
-    // included, so a tampered document costs one verification, not five.
+    // The pinned root, then the document's signature before the chain: it covers every byte
+    // of the payload, certificates included, so a tampered document costs one verification.
     if doc.cabundle[0] != policy.roots.aws_nitro_root {
         return Err(AttestError::UntrustedRoot {
             platform: PLATFORM,
