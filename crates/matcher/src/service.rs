@@ -227,10 +227,13 @@ async fn attestation(
 }
 
 /// Opens a sealed request and checks it names evidence issued within the lifetime.
-fn open(shared: &Shared, body: &[u8]) -> Result<(Request, confidential::MatcherChannel), Response> {
+fn open(
+    shared: &Shared,
+    body: &[u8],
+) -> Result<(Request, confidential::MatcherChannel), Box<Response>> {
     let refused = |response: Response| {
         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
-        response
+        Box::new(response)
     };
     let opened = confidential::open_request(&shared.secret, body)
         .map_err(|e| refused(sealed_problem(&e)))?;
@@ -296,7 +299,7 @@ async fn upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     }
     let (request, channel) = match open(&shared, &body) {
         Ok(opened) => opened,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Request::Upload(tuples) = request else {
         return problem(
@@ -330,7 +333,7 @@ async fn upload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 async fn poll(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let (request, channel) = match open(&shared, &body) {
         Ok(opened) => opened,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Request::Poll(tuples) = request else {
         return problem(

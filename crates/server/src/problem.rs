@@ -13,8 +13,9 @@ pub struct Problem {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
-    /// Extra members, e.g. `triesRemaining`.
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Extra members, e.g. `triesRemaining`. Boxed: most problems have none, and errors stay
+    /// small on every `Result` path (a map's size depends on serde_json's features).
+    pub extra: Box<serde_json::Map<String, serde_json::Value>>,
     pub retry_after: Option<u64>,
 }
 
@@ -24,7 +25,7 @@ impl Problem {
             status,
             code,
             detail: detail.into(),
-            extra: serde_json::Map::new(),
+            extra: Box::default(),
             retry_after: None,
         }
     }
@@ -49,7 +50,7 @@ impl IntoResponse for Problem {
             "detail": self.detail,
         });
         if let Some(object) = body.as_object_mut() {
-            object.extend(self.extra);
+            object.extend(*self.extra);
         }
         let mut response = (self.status, body.to_string()).into_response();
         response.headers_mut().insert(
