@@ -31,7 +31,7 @@ use crate::AppState;
 use crate::bodies;
 use crate::chaff::padded_json;
 use crate::problem::Problem;
-use crate::v1::{bearer, read_body, rfc3339};
+use crate::v1::{bearer, provider_token, read_body, rfc3339};
 
 /// Where the matcher is and the secret its uploads take.
 #[derive(Clone)]
@@ -87,13 +87,7 @@ async fn post_result(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let token = bearer(&headers).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_provider_token",
-            "send the provider's API token as `Authorization: Bearer …`",
-        )
-    })?;
+    let token = provider_token(&headers)?;
     let request: ResultJson = bodies::json(&read_body(body)?, None)?;
     let id = hex32(&request.test_id, "malformed_test_id", "`testId`")?;
     let positive = match request.result.as_str() {

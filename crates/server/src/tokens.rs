@@ -24,7 +24,7 @@ use confidant_core::event::NonceClaim;
 use confidant_core::rules::{
     CLAIM_LIFETIME_SECONDS, MAX_TOKENS_PER_UPLOAD, NONCES_PER_TAN, TokenOutcome,
 };
-use confidant_core::{ClaimId, DomainError, TrackingId};
+use confidant_core::{ClaimId, TrackingId};
 use confidant_store::StoreError;
 use serde_json::json;
 
@@ -110,12 +110,7 @@ async fn redeem(
             metrics::counter!("confidant_tans_redeemed_total").increment(1);
             Ok(nonce_answer(&nonces, expires_at, max_tokens))
         }
-        Err(StoreError::Domain(DomainError::InvalidCode)) => {
-            let standing = attempt.fail(now);
-            Err(Problem::from(DomainError::InvalidCode)
-                .with("triesRemaining", standing.tries_remaining))
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(crate::v1::redemption_refused(e, attempt, now)),
     }
 }
 

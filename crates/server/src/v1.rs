@@ -107,18 +107,38 @@ pub(crate) fn begin_attempt(
     })
 }
 
-async fn issue_code(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, Problem> {
-    let token = bearer(&headers).ok_or_else(|| {
+/// A failed redemption of a code or TAN: a wrong one counts against the client's try.
+pub(crate) fn redemption_refused(
+    error: StoreError,
+    attempt: crate::lockout::Attempt,
+    now: u64,
+) -> Problem {
+    match error {
+        StoreError::Domain(DomainError::InvalidCode) => {
+            let standing = attempt.fail(now);
+            Problem::from(DomainError::InvalidCode).with("triesRemaining", standing.tries_remaining)
+        }
+        other => other.into(),
+    }
+}
+
+/// The provider's API token of a request, or the problem that says how to send it.
+pub(crate) fn provider_token(headers: &HeaderMap) -> Result<&str, Problem> {
+    bearer(headers).ok_or_else(|| {
         Problem::new(
             StatusCode::UNAUTHORIZED,
             "invalid_provider_token",
             "send the provider's API token as `Authorization: Bearer …`",
         )
-    })?;
+    })
+}
+
+async fn issue_code(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let token = provider_token(&headers)?;
     let CodeRequest {
         format,
         ttl_seconds,
@@ -197,12 +217,7 @@ async fn verify(
                 json!({"token": token, "expiresAt": rfc3339(expires_at), "keyBudget": key_budget}),
             ))
         }
-        Err(StoreError::Domain(DomainError::InvalidCode)) => {
-            let standing = attempt.fail(now);
-            Err(Problem::from(DomainError::InvalidCode)
-                .with("triesRemaining", standing.tries_remaining))
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(redemption_refused(e, attempt, now)),
     }
 }
 
