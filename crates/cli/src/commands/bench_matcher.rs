@@ -118,11 +118,17 @@ pub fn run(users: usize, tuples: usize, seconds: u64, clients: usize) -> Result<
     for _ in 0..index.len() {
         floor_set.insert(OsRng.next_u64());
     }
-    let probes: Vec<u64> = (0..tuples).map(|_| OsRng.next_u64()).collect();
+    // As many distinct probes as the polls hold, so neither side runs from a warm cache.
+    let probes: Vec<Vec<u64>> = polls
+        .iter()
+        .map(|poll| poll.iter().map(|_| OsRng.next_u64()).collect())
+        .collect();
     let timing = Instant::now();
     let mut hits = 0usize;
-    for _ in 0..rounds * polls.len() {
-        hits += probes.iter().filter(|p| floor_set.contains(p)).count();
+    for _ in 0..rounds {
+        for poll in &probes {
+            hits += poll.iter().filter(|p| floor_set.contains(p)).count();
+        }
     }
     let floor = timing.elapsed() / (rounds * polls.len()) as u32;
     std::hint::black_box(hits);
