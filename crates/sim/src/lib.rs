@@ -1,15 +1,21 @@
 //! A seeded, agent-based population that runs Confidant clients through an epidemic against
-//! a real server: who should be warned, who is, how late, at what cost in bytes and requests.
+//! a real server: who should be warned, who is, how late, at what cost in bytes and requests,
+//! with GAEN keys, with encounter tokens, or both side by side, and what a Bluetooth sniffer
+//! could link from the published data.
 
 mod model;
 mod report;
 mod rng;
 mod run;
+mod sniffer;
 mod svg;
 mod target;
+mod tokens;
 
-pub use model::{EpidemicParams, SimSettings};
-pub use report::{GroundTruth, Report, Tally};
+pub use model::{EpidemicParams, Protocol, SimSettings};
+pub use report::{
+    GroundTruth, Report, SnifferFigures, SnifferReport, Tally, TokenReport, TokenTally,
+};
 pub use rng::SeededRng;
 pub use run::simulate;
 pub use target::{EMBEDDED_START, Target};

@@ -10,6 +10,8 @@ pub type PersonId = u32;
 pub const MINUTE: u64 = 60;
 pub const HOUR: u64 = 3600;
 pub const DAY: u64 = 86_400;
+/// Most neighbourhoods (token areas) a city may have.
+pub const MAX_AREAS: u8 = 32;
 
 /// Everything a run depends on besides the server. The same settings and seed give the same
 /// run.
@@ -39,6 +41,41 @@ pub struct SimSettings {
     /// People infected on day 0.
     pub initial_infections: usize,
     pub epidemic: EpidemicParams,
+    /// Which tracing protocol the phones run.
+    pub protocol: Protocol,
+    /// Share of workplaces and school classes where a passive Bluetooth sniffer records every
+    /// broadcast.
+    pub sniffed_places: f64,
+    /// Neighbourhoods, each its own encounter-token area (postal-code prefix). People live
+    /// in one, work or study in one, and meet strangers in the stranger's.
+    pub areas: u8,
+    /// Encounter tokens: a phone notified at level 0 uploads its own encounters with the
+    /// matched preimage, so that its contacts are notified at level 1.
+    pub chain: bool,
+}
+
+/// The tracing protocol of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Protocol {
+    /// Exposure Notification keys (native feed and hourly exports).
+    Gaen,
+    /// Encounter tokens (`docs/encounter-tokens.md`).
+    Tokens,
+    /// Both on every phone, over one epidemic: people react to the GAEN app's notifications,
+    /// so that the GAEN figures are those of a GAEN-only run and both protocols face the same
+    /// contacts, infections and uploaders.
+    Both,
+}
+
+impl Protocol {
+    pub fn gaen(self) -> bool {
+        matches!(self, Self::Gaen | Self::Both)
+    }
+
+    pub fn tokens(self) -> bool {
+        matches!(self, Self::Tokens | Self::Both)
+    }
 }
 
 impl SimSettings {
@@ -57,6 +94,10 @@ impl SimSettings {
             withdraw_after_hours: 12,
             initial_infections: (population / 500).max(3),
             epidemic: EpidemicParams::default(),
+            protocol: Protocol::Gaen,
+            sniffed_places: 0.1,
+            areas: 1,
+            chain: false,
         }
     }
 
@@ -77,6 +118,7 @@ impl SimSettings {
             ("upload share", self.upload_share),
             ("COVID Shield share", self.covid_shield_share),
             ("withdraw share", self.withdraw_share),
+            ("sniffed share of places", self.sniffed_places),
         ];
         for (name, value) in shares {
             if !(0.0..=1.0).contains(&value) {
@@ -91,6 +133,12 @@ impl SimSettings {
         }
         if self.days == 0 || self.days > 120 {
             return Err(format!("days must be 1 to 120, got {}", self.days));
+        }
+        if !(1..=MAX_AREAS).contains(&self.areas) {
+            return Err(format!(
+                "areas must be 1 to {MAX_AREAS}, got {}",
+                self.areas
+            ));
         }
         if self.initial_infections == 0 || self.initial_infections > self.population {
             return Err(format!(
@@ -345,6 +393,68 @@ impl Population {
         }
         out.sort_by_key(|e| e.start);
         out
+    }
+}
+
+/// Where things happen: each household's and each workplace's or class's neighbourhood (its
+/// encounter-token area), and the places a Bluetooth sniffer watches. Drawn from streams of
+/// their own, so that the population, the contacts and the epidemic do not change with them.
+pub struct Places {
+    pub household_area: Vec<u8>,
+    pub group_area: Vec<u8>,
+    /// Per workplace or class: a sniffer records every broadcast there.
+    pub sniffed: Vec<bool>,
+}
+
+impl Places {
+    pub fn generate(
+        settings: &SimSettings,
+        population: &Population,
+        area_rng: &mut SeededRng,
+        sniffer_rng: &mut SeededRng,
+    ) -> Self {
+        let areas = u64::from(settings.areas);
+        Self {
+            household_area: (0..population.households.len())
+                .map(|_| area_rng.below(areas) as u8)
+                .collect(),
+            group_area: (0..population.groups.len())
+                .map(|_| area_rng.below(areas) as u8)
+                .collect(),
+            sniffed: (0..population.groups.len())
+                .map(|_| sniffer_rng.chance(settings.sniffed_places))
+                .collect(),
+        }
+    }
+
+    /// The neighbourhood a person lives in.
+    pub fn home_area(&self, population: &Population, id: PersonId) -> u8 {
+        self.household_area[population.people[id as usize].household as usize]
+    }
+
+    /// Where an encounter happens: at home, at the workplace or class, or (meeting a
+    /// stranger) in the neighbourhood of the first of the two.
+    pub fn area_of(&self, population: &Population, encounter: &Encounter) -> u8 {
+        match (
+            encounter.setting,
+            population.people[encounter.a as usize].group,
+        ) {
+            (Setting::Work | Setting::School, Some((_, group))) => self.group_area[group as usize],
+            _ => self.home_area(population, encounter.a),
+        }
+    }
+
+    /// The sniffed workplace or class an encounter happens in, if any.
+    pub fn sniffed_place(&self, population: &Population, encounter: &Encounter) -> Option<u32> {
+        match (
+            encounter.setting,
+            population.people[encounter.a as usize].group,
+        ) {
+            (Setting::Work | Setting::School, Some((_, group))) if self.sniffed[group as usize] => {
+                Some(group)
+            }
+            _ => None,
+        }
     }
 }
 

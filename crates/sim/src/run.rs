@@ -1,6 +1,11 @@
 //! The simulation loop: an hour at a time, people meet, phones hear each other, the disease
 //! spreads, positives upload through the provider and app APIs, the server publishes, and
-//! phones download and match on their own schedule.
+//! phones download and match on their own schedule. GAEN's part is here; the encounter-token
+//! protocol's is in `tokens`, driven from the same loop over the same people, contacts and
+//! uploaders, and the sniffers are in `sniffer`.
+//!
+//! Random streams are forked per purpose, so that a part added later (the token path, the
+//! sniffers, the areas) draws from its own stream and changes none of GAEN's draws.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -14,10 +19,14 @@ use confidant_core::Region;
 use gaen::{DiagnosisKey, IntervalNumber, Rpi};
 
 use crate::SimError;
-use crate::model::{DAY, Encounter, HOUR, Health, PersonId, Population, SimSettings, closeness};
-use crate::report::{GroundTruth, Report, Tally};
+use crate::model::{
+    DAY, Encounter, HOUR, Health, PersonId, Places, Population, Protocol, SimSettings, closeness,
+};
+use crate::report::{GroundTruth, Report, Tally, TokenReport};
 use crate::rng::SeededRng;
+use crate::sniffer::Sniffer;
 use crate::target::{Cdn, EdgeFetch, Server, Target};
+use crate::tokens::{Contact, Stay, TokenWorld};
 
 /// Transmission risk level the simulated app attaches to uploaded keys.
 const TRANSMISSION_RISK: u8 = 4;
@@ -88,12 +97,16 @@ async fn run(
     let mut contact_rng = rng.fork(2);
     let mut health_rng = rng.fork(3);
     let mut radio_rng = rng.fork(4);
+    let token_radio = rng.fork(5);
+    let token_rng = rng.fork(6);
+    let places = Places::generate(settings, &population, &mut rng.fork(7), &mut rng.fork(8));
+    let gaen_on = settings.protocol.gaen();
     let mut phones: Vec<Option<Phone>> = population
         .people
         .iter()
         .enumerate()
         .map(|(id, person)| {
-            person.app.then(|| {
+            (gaen_on && person.app).then(|| {
                 let mut seed = [0u8; 32];
                 seed[..8].copy_from_slice(&settings.seed.to_le_bytes());
                 seed[8..12].copy_from_slice(&(id as u32).to_le_bytes());
@@ -108,12 +121,12 @@ async fn run(
         .collect();
 
     let region = Region::try_from("SIM".to_owned()).map_err(SimError::Settings)?;
-    let provider_token = server.register_provider(&region).await?;
+    let (provider_id, provider_token) = server.register_provider(&region).await?;
     let provider = ProviderApi::new(&server.url, &provider_token)?;
     let config = exposure_configuration(server, &region).await?;
     let cdn = Cdn::new(&server.url)?;
     let mut groups: Vec<SyncGroup> = Vec::with_capacity(24);
-    for hour in 0..24u8 {
+    for hour in (0..24u8).filter(|_| gaen_on) {
         let feed_edge = cdn.edge();
         let export_edge = cdn.edge();
         groups.push(SyncGroup {
@@ -139,6 +152,31 @@ async fn run(
     let start = server.now().div_ceil(DAY) * DAY;
     let total_days = u64::from(settings.days + settings.drain_days);
     let total_hours = total_days * 24;
+    let mut tokens = match settings.protocol.tokens() {
+        true => Some(TokenWorld::new(
+            settings,
+            &population,
+            &places,
+            server,
+            provider_id,
+            token_rng,
+            token_radio,
+            total_days as usize,
+        )?),
+        false => None,
+    };
+    let mut sniffer = Sniffer::new(&places);
+    let mut epochs: Option<tokio::task::JoinHandle<TokenWorld>> = None;
+    if let Some(world) = &tokens
+        && places.sniffed.contains(&true)
+    {
+        // The sniffers download from a CDN of their own: their requests are not the phones'.
+        sniffer.follow_lists(
+            Cdn::new(&server.url)?.edge(),
+            world.regions(),
+            server.public_key.clone(),
+        );
+    }
     let mut agenda: BTreeMap<u64, Vec<Action>> = BTreeMap::new();
     let mut uploads: Vec<Upload> = Vec::new();
     let mut key_owner: HashMap<[u8; 16], usize> = HashMap::new();
@@ -236,7 +274,7 @@ async fn run(
         }
 
         // Positive app users get a code from the test centre and upload.
-        for chunk in due_uploads.chunks(UPLOAD_CONCURRENCY) {
+        for chunk in due_uploads.chunks(UPLOAD_CONCURRENCY).filter(|_| gaen_on) {
             let mut tasks = tokio::task::JoinSet::new();
             for &id in chunk {
                 let phone = phones[id as usize].as_mut().expect("uploaders run the app");
@@ -286,6 +324,30 @@ async fn run(
                 });
             }
         }
+        if !gaen_on {
+            tally.uploads[day] += due_uploads.len() as u64;
+            // The draws the GAEN uploads make, so that the health stream stays GAEN's.
+            for chunk in due_uploads.chunks(UPLOAD_CONCURRENCY) {
+                let native = chunk
+                    .iter()
+                    .filter(|_| !health_rng.chance(settings.covid_shield_share))
+                    .count();
+                for _ in 0..native {
+                    health_rng.chance(settings.withdraw_share);
+                }
+            }
+        }
+        // The token phones' epochs of the last hour, computed while the server published.
+        if let Some(task) = epochs.take() {
+            tokens =
+                Some(task.await.map_err(|e| {
+                    SimError::Server(format!("the token phones' epochs failed: {e}"))
+                })?);
+        }
+        // The same people upload their encounter tokens, with a TAN.
+        if let Some(world) = &mut tokens {
+            world.upload(server, now, day, &due_uploads).await?;
+        }
 
         // This hour's encounters: transmission, and phones hearing each other.
         while next_encounter < encounters.len() && encounters[next_encounter].start < now + HOUR {
@@ -300,9 +362,10 @@ async fn run(
                 start,
                 &mut tally,
             );
-            if phones[encounter.a as usize].is_some() && phones[encounter.b as usize].is_some() {
+            let app = |id: PersonId| population.people[id as usize].app;
+            if app(encounter.a) && app(encounter.b) {
                 contacts.push(encounter);
-                hear(
+                let a_heard = hear(
                     &mut phones,
                     &encounter,
                     encounter.a,
@@ -310,7 +373,7 @@ async fn run(
                     settings,
                     &mut radio_rng,
                 );
-                hear(
+                let b_heard = hear(
                     &mut phones,
                     &encounter,
                     encounter.b,
@@ -318,95 +381,150 @@ async fn run(
                     settings,
                     &mut radio_rng,
                 );
+                if let Some(world) = &mut tokens {
+                    world.add_contact(Contact {
+                        a: encounter.a,
+                        b: encounter.b,
+                        start: encounter.start,
+                        end: encounter.start + u64::from(encounter.seconds),
+                        attenuation_db: encounter.attenuation_db,
+                        area: places.area_of(&population, &encounter),
+                        heard: [a_heard, b_heard],
+                    });
+                }
+            }
+            if let Some(place) = places.sniffed_place(&population, &encounter) {
+                for id in [encounter.a, encounter.b].into_iter().filter(|&id| app(id)) {
+                    if let Some(phone) = phones[id as usize].as_mut() {
+                        sniff(&mut sniffer, phone, &encounter, place, id);
+                    }
+                    if let Some(world) = &mut tokens {
+                        world.add_stay(Stay {
+                            person: id,
+                            place,
+                            start: encounter.start,
+                            end: encounter.start + u64::from(encounter.seconds),
+                        });
+                    }
+                }
             }
         }
 
         // Phones whose download hour this is: fetch, match, notify.
-        let group = &mut groups[hour_of_day as usize];
-        let update = group.feed.sync().await?;
-        let export = group.exports.sync().await?;
-        let members = group.members.len() as u64;
-        tally.feed_bytes[day] += group.feed_edge.take_bytes() * members;
-        tally.export_bytes[day] += group.export_edge.take_bytes() * members;
-        tally.phone_syncs[day] += members;
-        // Both carry padding keys of their own; the uploaded keys must be the same.
-        let uploaded = |key: &[u8; 16]| key_owner.contains_key(key);
-        let mut feed_keys: Vec<[u8; 16]> = update
-            .added
-            .iter()
-            .map(|k| k.tek.0)
-            .filter(uploaded)
-            .collect();
-        // Hourly exports and feed deltas are cut from the same windows: the same keys, once
-        // keys withdrawn in between are left out of both.
-        let revoked: HashSet<[u8; 16]> = export.revoked.iter().map(|k| k.0).collect();
-        let mut export_keys: Vec<[u8; 16]> = export
-            .keys
-            .iter()
-            .map(|k| k.tek.0)
-            .filter(|k| !revoked.contains(k) && uploaded(k))
-            .collect();
-        feed_keys.sort_unstable();
-        export_keys.sort_unstable();
-        for key in &update.added {
-            received.entry((hour_of_day, key.tek.0)).or_insert(now);
-            if published.insert(key.tek.0) {
-                tally.keys_published[day] += 1;
-            }
-        }
-        // Padding keys are random: they can match no sighting. A phone cannot tell them apart
-        // and derives them all (`confidant bench match` measures that); the simulation skips
-        // them, which changes no result and saves most of its memory.
-        let wanted: HashSet<u32, RandomBits> = update
-            .added
-            .iter()
-            .filter(|key| key_owner.contains_key(&key.tek.0))
-            .map(|key| index.add(key))
-            .collect();
-        if !wanted.is_empty() {
-            let mut newly_notified = Vec::new();
-            for &id in &group.members {
-                let phone = phones[id as usize].as_mut().expect("members run the app");
-                let matches: Vec<(DiagnosisKey, &Sighting)> = phone
-                    .store
-                    .sightings()
-                    .iter()
-                    .filter_map(|s| index.find(s, &wanted).map(|key| (*key, s)))
-                    .collect();
-                if matches.is_empty() {
-                    continue;
+        if let Some(group) = groups.get_mut(hour_of_day as usize) {
+            let update = group.feed.sync().await?;
+            let export = group.exports.sync().await?;
+            let members = group.members.len() as u64;
+            tally.feed_bytes[day] += group.feed_edge.take_bytes() * members;
+            tally.export_bytes[day] += group.export_edge.take_bytes() * members;
+            tally.phone_syncs[day] += members;
+            // Both carry padding keys of their own; the uploaded keys must be the same.
+            let uploaded = |key: &[u8; 16]| key_owner.contains_key(key);
+            let mut feed_keys: Vec<[u8; 16]> = update
+                .added
+                .iter()
+                .map(|k| k.tek.0)
+                .filter(uploaded)
+                .collect();
+            // Hourly exports and feed deltas are cut from the same windows: the same keys, once
+            // keys withdrawn in between are left out of both.
+            let revoked: HashSet<[u8; 16]> = export.revoked.iter().map(|k| k.0).collect();
+            let mut export_keys: Vec<[u8; 16]> = export
+                .keys
+                .iter()
+                .map(|k| k.tek.0)
+                .filter(|k| !revoked.contains(k) && uploaded(k))
+                .collect();
+            feed_keys.sort_unstable();
+            export_keys.sort_unstable();
+            for key in &update.added {
+                sniffer.published_key(key);
+                received.entry((hour_of_day, key.tek.0)).or_insert(now);
+                if published.insert(key.tek.0) {
+                    tally.keys_published[day] += 1;
                 }
-                let exposures = confidant_client::risk::exposures(matches, &config, now);
-                for exposure in &exposures {
-                    if let Some(&upload) = key_owner.get(&exposure.key.tek.0) {
-                        phone.matched.entry(upload).or_insert(now);
+            }
+            // Padding keys are random: they can match no sighting. A phone cannot tell them apart
+            // and derives them all (`confidant bench match` measures that); the simulation skips
+            // them, which changes no result and saves most of its memory.
+            let wanted: HashSet<u32, RandomBits> = update
+                .added
+                .iter()
+                .filter(|key| key_owner.contains_key(&key.tek.0))
+                .map(|key| index.add(key))
+                .collect();
+            if !wanted.is_empty() {
+                let mut newly_notified = Vec::new();
+                for &id in &group.members {
+                    let phone = phones[id as usize].as_mut().expect("members run the app");
+                    let matches: Vec<(DiagnosisKey, &Sighting)> = phone
+                        .store
+                        .sightings()
+                        .iter()
+                        .filter_map(|s| index.find(s, &wanted).map(|key| (*key, s)))
+                        .collect();
+                    if matches.is_empty() {
+                        continue;
+                    }
+                    let exposures = confidant_client::risk::exposures(matches, &config, now);
+                    for exposure in &exposures {
+                        if let Some(&upload) = key_owner.get(&exposure.key.tek.0) {
+                            phone.matched.entry(upload).or_insert(now);
+                        }
+                    }
+                    if !exposures.is_empty() && phone.notified_at.is_none() {
+                        phone.notified_at = Some(now);
+                        tally.notifications[day] += 1;
+                        newly_notified.push(id);
                     }
                 }
-                if !exposures.is_empty() && phone.notified_at.is_none() {
-                    phone.notified_at = Some(now);
-                    tally.notifications[day] += 1;
-                    newly_notified.push(id);
-                }
-            }
-            for id in newly_notified {
-                let person = &mut population.people[id as usize];
-                person.isolating_from.get_or_insert(now);
-                if health_rng.chance(settings.epidemic.notified_tested_share) {
-                    let delay = health_rng.between(
-                        settings.epidemic.test_delay_hours.0,
-                        settings.epidemic.test_delay_hours.1,
+                for id in newly_notified {
+                    react(
+                        &mut population,
+                        &mut agenda,
+                        &mut health_rng,
+                        settings,
+                        id,
+                        (now, hour_index),
                     );
-                    test_at(&mut population, &mut agenda, id, hour_index + delay);
                 }
             }
+            if feed_keys != export_keys {
+                tally.download_mismatches += 1;
+            }
+            for &id in &group.members {
+                let phone = phones[id as usize].as_mut().expect("members run the app");
+                phone.store.prune(now);
+                phone.schedule.prune(now);
+            }
         }
-        if feed_keys != export_keys {
-            tally.download_mismatches += 1;
+        if let Some(world) = &mut tokens {
+            let newly = world.sync(hour_of_day, now, day).await?;
+            // With both protocols, people react to the GAEN app only.
+            if settings.protocol == Protocol::Tokens {
+                for id in newly {
+                    react(
+                        &mut population,
+                        &mut agenda,
+                        &mut health_rng,
+                        settings,
+                        id,
+                        (now, hour_index),
+                    );
+                }
+            }
+            world.end_hour(day);
+            if hour_of_day == 23 {
+                sniffer.collect_lists().await?;
+            }
         }
-        for &id in &group.members {
-            let phone = phones[id as usize].as_mut().expect("members run the app");
-            phone.store.prune(now);
-            phone.schedule.prune(now);
+        // The token phones hear each other, epoch by epoch, on other threads: the next hour's
+        // publication and health events need none of it.
+        if let Some(mut world) = tokens.take() {
+            epochs = Some(tokio::task::spawn_blocking(move || {
+                world.hour(now, day);
+                world
+            }));
         }
         let origin = cdn
             .origin_requests
@@ -419,21 +537,96 @@ async fn run(
     tally.origin_requests = cdn
         .origin_requests
         .load(std::sync::atomic::Ordering::Relaxed);
-    let truth = ground_truth(
-        &population,
-        &phones,
-        &uploads,
-        &contacts,
-        &received,
-        &config,
-    );
+    if let Some(task) = epochs.take() {
+        tokens = Some(
+            task.await
+                .map_err(|e| SimError::Server(format!("the token phones' epochs failed: {e}")))?,
+        );
+    }
+    if let Some(world) = &mut tokens {
+        sniffer.record_keys(world.take_sniffed());
+    }
+    let (truth, gaen_exposed) = match gaen_on {
+        true => ground_truth(
+            &population,
+            &phones,
+            &uploads,
+            &contacts,
+            &received,
+            &config,
+        ),
+        false => (GroundTruth::default(), HashSet::new()),
+    };
+    let gaen_uploaders: std::collections::BTreeSet<PersonId> =
+        uploads.iter().map(|u| u.person).collect();
+    let token_uploaders = tokens
+        .as_ref()
+        .map(|world| world.uploaders.keys().copied().collect());
+    let sniffed = sniffer.report(gaen_on.then_some(&gaen_uploaders), token_uploaders.as_ref());
+    let app_users = population.people.iter().filter(|p| p.app).count();
+    let token_report = tokens.as_ref().map(|world| {
+        let truth = world.ground_truth(&population, &places, &contacts);
+        let (direct, level1, level1_only) = world.notified();
+        let mut report = TokenReport::new(
+            settings,
+            world.tally.clone(),
+            truth,
+            app_users,
+            (level1, level1_only),
+        );
+        if gaen_on {
+            report.gaen_exposed = Some(gaen_exposed.len());
+            report.gaen_exposed_warned =
+                Some(gaen_exposed.iter().filter(|id| direct.contains(id)).count());
+        }
+        report
+    });
     Ok(Report::new(
         settings,
         &population,
         tally,
         truth,
+        token_report,
+        sniffed,
         began.elapsed().as_secs_f64(),
     ))
+}
+
+/// A notified person stays home from now, and most get tested.
+fn react(
+    population: &mut Population,
+    agenda: &mut BTreeMap<u64, Vec<Action>>,
+    rng: &mut SeededRng,
+    settings: &SimSettings,
+    id: PersonId,
+    (now, hour_index): (u64, u64),
+) {
+    let person = &mut population.people[id as usize];
+    person.isolating_from.get_or_insert(now);
+    if rng.chance(settings.epidemic.notified_tested_share) {
+        let delay = rng.between(
+            settings.epidemic.test_delay_hours.0,
+            settings.epidemic.test_delay_hours.1,
+        );
+        test_at(population, agenda, id, hour_index + delay);
+    }
+}
+
+/// A sniffer in `place` records the RPIs `phone` broadcasts during `encounter`: one per
+/// 10-minute interval.
+fn sniff(
+    sniffer: &mut Sniffer,
+    phone: &mut Phone,
+    encounter: &Encounter,
+    place: u32,
+    id: PersonId,
+) {
+    let end = encounter.start + u64::from(encounter.seconds);
+    let mut at = encounter.start;
+    while at < end {
+        sniffer.record_rpi(place, phone.schedule.broadcast(at).0, id);
+        at = ((IntervalNumber::containing(at).get() as u64 + 1) * 600).min(end);
+    }
 }
 
 fn schedule(agenda: &mut BTreeMap<u64, Vec<Action>>, hour_index: u64, action: Action) {
@@ -506,8 +699,10 @@ fn transmit(
     }
 }
 
-/// `listener`'s phone records what it heard of `speaker`'s broadcasts during `encounter`,
-/// one sighting per 10-minute interval, each heard with the detection probability.
+/// Whether `listener`'s phone hears `speaker`'s during `encounter`: per 10-minute interval,
+/// with the detection probability. Its GAEN phone (if it runs one) records a sighting per
+/// interval heard. Returns the intervals heard as bits (bit i: the i-th interval of the
+/// encounter), for the token phones, which hear with the same radio.
 fn hear(
     phones: &mut [Option<Phone>],
     encounter: &Encounter,
@@ -515,35 +710,40 @@ fn hear(
     speaker: PersonId,
     settings: &SimSettings,
     rng: &mut SeededRng,
-) {
+) -> u32 {
     let end = encounter.start + u64::from(encounter.seconds);
     let mut at = encounter.start;
+    let mut heard = 0u32;
+    let mut interval = 0;
     while at < end {
         let interval_end = (IntervalNumber::containing(at).get() as u64 + 1) * 600;
         let until = interval_end.min(end);
         if rng.chance(settings.detection) {
+            heard |= 1u32.checked_shl(interval).unwrap_or(0);
             let noise = i16::from(settings.attenuation_noise_db);
             let measured = i16::from(encounter.attenuation_db)
                 + (rng.below((2 * noise + 1) as u64) as i16 - noise);
-            let (rpi, aem) = phones[speaker as usize]
-                .as_mut()
-                .expect("speakers run the app")
-                .schedule
-                .broadcast(at);
-            phones[listener as usize]
-                .as_mut()
-                .expect("listeners run the app")
-                .store
-                .record(Sighting {
-                    rpi,
-                    aem,
-                    first_seen: at,
-                    duration_seconds: (until - at) as u32,
-                    attenuation_db: measured.clamp(0, 255) as u8,
-                });
+            if phones[listener as usize].is_some()
+                && let Some(phone) = phones[speaker as usize].as_mut()
+            {
+                let (rpi, aem) = phone.schedule.broadcast(at);
+                phones[listener as usize]
+                    .as_mut()
+                    .expect("checked above")
+                    .store
+                    .record(Sighting {
+                        rpi,
+                        aem,
+                        first_seen: at,
+                        duration_seconds: (until - at) as u32,
+                        attenuation_db: measured.clamp(0, 255) as u8,
+                    });
+            }
         }
+        interval += 1;
         at = until;
     }
+    heard
 }
 
 async fn exposure_configuration(
@@ -671,7 +871,7 @@ fn ground_truth(
     contacts: &[Encounter],
     received: &HashMap<(u8, [u8; 16]), u64>,
     config: &ExposureConfiguration,
-) -> GroundTruth {
+) -> (GroundTruth, HashSet<PersonId>) {
     let mut by_uploader: HashMap<PersonId, Vec<usize>> = HashMap::new();
     for (index, upload) in uploads.iter().enumerate() {
         by_uploader.entry(upload.person).or_default().push(index);
@@ -773,5 +973,5 @@ fn ground_truth(
     }
     truth.missed = exposed.difference(&notified).copied().collect();
     truth.false_alarms = notified.difference(&exposed).copied().collect();
-    truth
+    (truth, exposed)
 }

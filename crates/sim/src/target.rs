@@ -191,18 +191,31 @@ impl Server {
             .ok_or_else(|| SimError::Server("/dev/clock did not say what time it is".into()))
     }
 
-    /// Registers a provider through the admin API; returns its API token.
-    pub async fn register_provider(&self, region: &Region) -> Result<String, SimError> {
+    /// Registers a provider through the admin API; returns its id and its API token.
+    pub async fn register_provider(&self, region: &Region) -> Result<(String, String), SimError> {
         let body = self
             .admin_post(
                 "/admin/v1/providers",
                 serde_json::json!({"name": "Simulated test centre", "region": region.as_str(), "reason": "simulation"}),
             )
             .await?;
-        body["apiToken"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| SimError::Server("registering the provider returned no token".into()))
+        let field = |name: &str| {
+            body[name].as_str().map(str::to_owned).ok_or_else(|| {
+                SimError::Server(format!("registering the provider returned no {name}"))
+            })
+        };
+        Ok((field("id")?, field("apiToken")?))
+    }
+
+    /// Imports TANs for `provider` through the admin API (`POST /admin/v1/tans`), as the
+    /// health authority does with its list of valid TANs.
+    pub async fn import_tans(&self, provider: &str, tans: &[String]) -> Result<(), SimError> {
+        self.admin_post(
+            "/admin/v1/tans",
+            serde_json::json!({"provider": provider, "tans": tans, "reason": "simulated TAN list"}),
+        )
+        .await
+        .map(drop)
     }
 
     /// Rolls a submission back through the admin API.

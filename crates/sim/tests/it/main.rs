@@ -87,3 +87,5 @@ async fn a_rollback_spares_phones_that_had_not_matched_yet() {
     assert_eq!(truth.matched_after_withdrawal, 0, "{truth:?}");
     assert_eq!((report.precision, report.recall), (1.0, 1.0), "{truth:?}");
 }
+
+mod tokens;
